@@ -1,0 +1,132 @@
+"""`gptflow` command line: run the pipeline, inspect its stages, report, open the MLflow UI.
+
+Heavy imports (Prefect, MLflow, torch) happen inside the commands, after the workspace has set
+the environment, so errors in the config are reported at once and before any compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from flows.workspace import Workspace
+from gpt.config import ConfigError, ExperimentConfig, load_config
+from gpt.sources import SourceError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gptflow", description="GPT pretrain-then-finetune pipelines")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML config (e.g. configs/demo.yaml); defaults apply when omitted")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set pretrain.max_steps=100 (repeatable)")
+        sp.add_argument("--workspace", help="workspace directory (default: $GPTFLOW_HOME or ./workspace)")
+
+    run = sub.add_parser("run", help="run the pipeline (finished stages are reused from cache)")
+    common(run)
+    run.add_argument("--only", type=_csv, help="run only these stages, e.g. finetune,evaluate")
+    run.add_argument("--from", dest="from_stage", help="recompute this stage and everything after it")
+    run.add_argument("--force", type=_csv, help="recompute these stages and everything downstream of them")
+    run.add_argument("--experiment", help="MLflow experiment name (overrides the config's `experiment`)")
+
+    stages = sub.add_parser("stages", help="show each stage's key, status and artifact dir (starts nothing)")
+    common(stages)
+
+    report = sub.add_parser("report", help="write the Markdown report of a pipeline run")
+    report.add_argument("run_id")
+    report.add_argument("--out", default=".", help="directory for report.md")
+    report.add_argument("--workspace")
+
+    ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the workspace's store")
+    ui.add_argument("--workspace")
+    ui.add_argument("--port", type=int, default=5000)
+    return p
+
+
+def _load(args: argparse.Namespace) -> ExperimentConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "experiment", None):
+        overrides.append(f"experiment={args.experiment}")
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
+    """Validate everything cheap first, then start the Prefect flow."""
+    from tasks.plan import build_plan, check_inputs, select
+
+    cfg = _load(args)
+    check_inputs(cfg)
+    select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force)
+    from flows.pipeline import pipeline
+
+    result = pipeline(
+        config=cfg.to_dict(), workspace=str(ws.root), only=args.only, from_stage=args.from_stage, force=args.force
+    )
+    print(f"\nMLflow run {result['run_id']} (experiment '{cfg.experiment}', store {ws.tracking_uri})")
+    for name, outcome in result["stages"].items():
+        print(f"  {name:<24} {outcome}")
+    print(f"artifacts: {result['artifacts']}\nopen the UI with: gptflow ui --workspace {ws.root}")
+    return 0
+
+
+def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
+    """Print the plan: stage, key, done or to run, directory."""
+    from tasks.plan import build_plan
+
+    cfg = _load(args)
+    for stage in build_plan(cfg, ws.artifacts):
+        status = "done" if stage.is_done() else ("partial" if stage.partial_dir.exists() else "to run")
+        print(f"{stage.name:<24} {stage.key}  {status:<8} {stage.dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, ws: Workspace) -> int:
+    """Rebuild the Markdown report of a run from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from reports.run_report import build_report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(build_report(MlflowClient(ws.tracking_uri), args.run_id))
+    print(out / "report.md")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, ws: Workspace) -> int:
+    """Replace this process with `mlflow ui` bound to 127.0.0.1."""
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI at {url} (store {ws.tracking_uri})", flush=True)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    argv = [str(mlflow), "ui", "--backend-store-uri", ws.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    if ws.artifact_location:
+        argv += ["--default-artifact-root", ws.artifact_location]
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+COMMANDS = {"run": cmd_run, "stages": cmd_stages, "report": cmd_report, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; config and input errors exit with code 2 and one line, no traceback."""
+    args = _parser().parse_args(argv)
+    ws = Workspace.resolve(args.workspace)
+    ws.configure_environment()
+    try:
+        return COMMANDS[args.command](args, ws)
+    except (ConfigError, SourceError) as e:
+        print(f"gptflow: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The workspace: one directory holding the MLflow store, Prefect's home and all stage artifacts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths and tracking URIs of a workspace; real servers win when their env vars are set."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, path: str | None) -> Workspace:
+        """`--workspace`, else `GPTFLOW_HOME`, else `./workspace`."""
+        return cls(Path(path or os.environ.get("GPTFLOW_HOME") or "workspace").expanduser().resolve())
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def downloads(self) -> Path:
+        return self.root / "downloads"
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Local artifact root for new experiments; a remote tracking server decides its own."""
+        return None if os.environ.get("MLFLOW_TRACKING_URI") else (self.root / "mlartifacts").as_uri()
+
+    def configure_environment(self) -> None:
+        """Keep Prefect, MLflow and torch state inside the workspace, quiet and offline-friendly.
+
+        Must run before Prefect is imported. Values already set by the user are kept.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        defaults = {
+            "PREFECT_HOME": str(self.root / "prefect"),
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(self.root / "prefect" / "results"),
+            # The embedded API server takes ~27 s to start on 2 cores; the default limit is 20 s.
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "true",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "TORCHINDUCTOR_CACHE_DIR": str(self.root / "cache" / "inductor"),
+        }
+        for key, value in defaults.items():
+            os.environ.setdefault(key, value)

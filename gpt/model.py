@@ -1,0 +1,158 @@
+"""The GPT decoder: GPT-1 (post-LN) or GPT-2 (pre-LN + final LN) blocks, tied embeddings.
+
+Readable in one sitting, after nanoGPT. `forward` returns hidden states so fine-tuning heads can
+read h(extract); `lm_logits` turns them into next-token logits with the tied embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gpt.config import ModelConfig
+
+
+@dataclass
+class GPTConfig:
+    """Everything needed to rebuild a GPT module: architecture plus vocabulary size."""
+
+    vocab_size: int
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 512
+    dropout: float = 0.1
+    norm: str = "post"
+    activation: str = "gelu"
+
+    @classmethod
+    def from_model_config(cls, model: ModelConfig, vocab_size: int) -> GPTConfig:
+        """The pipeline's `model` section plus the tokenizer's vocabulary size."""
+        return cls(vocab_size=vocab_size, **asdict(model))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.approximate = "tanh" if cfg.activation == "gelu_new" else "none"
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+
+
+class Block(nn.Module):
+    """One Transformer block; `norm='post'` is GPT-1's LN(x + f(x)), `'pre'` is GPT-2's x + f(LN(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer with learned positions and input/output embeddings tied."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd) if cfg.norm == "pre" else nn.Identity()
+        self.apply(self._init_weights)
+        if cfg.norm == "pre":  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; without position embeddings by default (the 6N FLOPs convention)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] to final hidden states [B, T, C]."""
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from hidden states, through the tied token embedding."""
+        return F.linear(hidden, self.wte.weight)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N for the weights plus 6·L·T·C for attention scores."""
+        c = self.config
+        return 6 * self.num_params() + 6 * c.n_layer * c.block_size * c.n_embd
+
+
+def save_model(model: GPT, out_dir: str | Path) -> None:
+    """Write `config.json` + `model.safetensors` (tied weights stored once)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+
+
+def load_model(model_dir: str | Path, map_location: str = "cpu") -> GPT:
+    """Rebuild a GPT from a directory written by `save_model`."""
+    d = Path(model_dir)
+    cfg = GPTConfig(**json.loads((d / "config.json").read_text()))
+    model = GPT(cfg)
+    model.load_state_dict(load_file(d / "model.safetensors", device=map_location))
+    return model

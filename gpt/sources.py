@@ -1,0 +1,197 @@
+"""Resolve a data source to local files: the offline mirror first, then the network.
+
+A source is a catalog name (a known data set with its canonical URLs and sha256), a local path
+or glob, `https://...#sha256=<hex>`, or `hf://<dataset>[/<config>]?split=..&revision=..&column=..`.
+Canonical sources can be served from a mirror directory (`GPTFLOW_MIRROR`, else `../shared/data`
+beside the checkout) so that tests and the demo run with no network.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+
+MIRROR_SCHEME = "mirror://"
+
+
+class SourceError(ValueError):
+    """A source that cannot be resolved; the message names it and says how to provide it."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a known data set: where it lives online and where a mirror keeps it."""
+
+    url: str
+    sha256: str
+    mirror_path: str
+
+
+_CHAR_RNN = "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e"
+_GLUE = "https://raw.githubusercontent.com/F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data"
+_CLOZE = "https://raw.githubusercontent.com/p-null/openai-gpt-pytorch/3684b880f64ece7772087afe25ba73835bce50ce"
+_WHISPER = "https://raw.githubusercontent.com/openai/whisper/c0d2f624c09dc18e709e37c2ad90c039a4eb72a2"
+
+CATALOG: dict[str, list[RemoteFile]] = {
+    "tinyshakespeare": [
+        RemoteFile(
+            f"{_CHAR_RNN}/data/tinyshakespeare/input.txt",
+            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            "tinyshakespeare/input.txt",
+        )
+    ],
+    "sst2/train": [
+        RemoteFile(
+            f"{_GLUE}/SST-2/train.tsv",
+            "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1",
+            "glue/SST-2/train.tsv",
+        )
+    ],
+    "sst2/dev": [
+        RemoteFile(
+            f"{_GLUE}/SST-2/dev.tsv",
+            "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
+            "glue/SST-2/dev.tsv",
+        )
+    ],
+    "story_cloze/val": [
+        RemoteFile(
+            f"{_CLOZE}/data/cloze_test_val__spring2016%20-%20cloze_test_ALL_val.csv",
+            "b1490dd866bb30c136004d6ebda5ffcf39aafa4535a36e61b24673ff96235854",
+            "story_cloze/cloze_test_val__spring2016.csv",
+        )
+    ],
+    "gpt2_bpe": [
+        RemoteFile(
+            f"{_WHISPER}/whisper/assets/gpt2.tiktoken",
+            "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+            "gpt2_bpe/gpt2.tiktoken",
+        )
+    ],
+}
+
+
+def mirror_dir() -> Path | None:
+    """The offline mirror: `GPTFLOW_MIRROR`, else `../shared/data` beside the checkout or cwd."""
+    env = os.environ.get("GPTFLOW_MIRROR")
+    if env:
+        return Path(env)
+    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(remote: RemoteFile, cache_dir: Path) -> Path:
+    """A verified local copy of `remote`: from the mirror if it has it, else downloaded into cache_dir."""
+    mirror = mirror_dir()
+    if mirror is not None and (mirror / remote.mirror_path).is_file():
+        path = mirror / remote.mirror_path
+        _check_sha(path, remote.sha256, remote.url)
+        return path
+    return download(remote.url, remote.sha256, cache_dir)
+
+
+def download(url: str, sha256: str, cache_dir: Path) -> Path:
+    """Download `url` to `cache_dir/<sha256>` (resuming a partial file) and verify its hash."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / sha256
+    if target.is_file():
+        return target
+    partial = target.with_suffix(".part")
+    done = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, open(partial, "ab") as out:
+            from tqdm import tqdm
+
+            total = int(response.headers.get("Content-Length", 0)) + done
+            with tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=Path(url).name) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:
+        raise SourceError(
+            f"cannot download {url} ({e}); offline, put the file in the mirror "
+            f"(GPTFLOW_MIRROR, currently {mirror_dir()}) or pass a local path"
+        ) from None
+    _check_sha(partial, sha256, url)
+    partial.rename(target)
+    return target
+
+
+def _check_sha(path: Path, expected: str, label: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise SourceError(f"checksum mismatch for {label} ({path}): expected sha256 {expected}, got {actual}")
+
+
+def resolve_local(source: str) -> list[Path]:
+    """Files named by a local path, directory or glob, sorted; raises if there are none."""
+    if any(ch in source for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(source, recursive=True))
+    else:
+        p = Path(source).expanduser()
+        if p.is_dir():
+            paths = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith("."))
+        elif p.is_file():
+            paths = [p]
+        else:
+            raise SourceError(f"corpus source not found: {source} (not a file, directory, glob or catalog name)")
+    files = [p for p in paths if p.is_file()]
+    if not files:
+        raise SourceError(f"corpus source matches no files: {source}")
+    return files
+
+
+def parse_hf(source: str) -> tuple[str, str | None, dict[str, str]]:
+    """Split `hf://dataset[/config]?split=..` into (dataset, config, options)."""
+    parsed = urlparse(source)
+    parts = (parsed.netloc + parsed.path).strip("/").split("/")
+    if len(parts) > 3 or not parts[0]:
+        raise SourceError(f"bad hf source {source!r}: expected hf://<owner>/<dataset>[/<config>]")
+    dataset = "/".join(parts[:2]) if len(parts) >= 2 else parts[0]
+    config = parts[2] if len(parts) == 3 else None
+    options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    return dataset, config, options
+
+
+def resolve_mirror(source: str) -> list[Path]:
+    """Files named by `mirror://<path or glob>` relative to the mirror directory."""
+    mirror = mirror_dir()
+    if mirror is None:
+        raise SourceError(f"{source}: no mirror directory (set GPTFLOW_MIRROR)")
+    return resolve_local(str(mirror / source[len(MIRROR_SCHEME) :]))
+
+
+def check_source(source: str) -> None:
+    """Fail fast (before compute) when a source is malformed or a local file is missing."""
+    if source in CATALOG:
+        return
+    if source.startswith(MIRROR_SCHEME):
+        resolve_mirror(source)
+        return
+    if source.startswith("https://"):
+        if "#sha256=" not in source:
+            raise SourceError(f"https source needs a checksum: {source}#sha256=<hex>")
+        return
+    if source.startswith("hf://"):
+        parse_hf(source)
+        return
+    resolve_local(source)

@@ -1,0 +1,110 @@
+"""MLflow bookkeeping for a pipeline run: one parent run, one nested child run per stage.
+
+Uses `MlflowClient` with explicit run ids rather than mlflow's fluent active-run stack, so
+Lightning's MLFlowLogger, Prefect task threads and the flow all write to the right run.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from tasks.stage import Stage
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '-dirty' when modified), or 'unknown' outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+        return sha + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _finite(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+class Tracker:
+    """Creates and closes the parent and child runs of one `gptflow run`."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None):
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.parent_id: str | None = None
+
+    def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The run that stands for the whole pipeline: flattened config as params."""
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "gptflow.kind": "pipeline"})
+        self.parent_id = run.info.run_id
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.parent_id, params=items[i : i + 100])
+        return self.parent_id
+
+    def start_child(self, stage: Stage) -> str:
+        """A nested run for one stage, tagged with its name and cache key."""
+        assert self.parent_id is not None
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            "stage": stage.name,
+            "stage_kind": stage.kind,
+            "cache_key": stage.key,
+            "gptflow.kind": "stage",
+        }
+        if stage.task:
+            tags["task"] = stage.task
+        return self.client.create_run(self.experiment_id, run_name=stage.name, tags=tags).info.run_id
+
+    def finish_child(self, run_id: str, stage: Stage, manifest: dict[str, Any], cached: bool) -> None:
+        """Tag cached/producer, log the stage's summary metrics, and copy them onto the parent."""
+        self.client.set_tag(run_id, "cached", str(cached).lower())
+        producer = manifest.get("produced_by_run")
+        if cached and producer:
+            self.client.set_tag(run_id, "produced_by", producer)
+        summary = _finite(manifest.get("summary", {}))
+        self.log_metrics(run_id, summary)
+        # evaluate[sst2] -> sst2.accuracy (the comparison table's columns); finetune[sst2] -> finetune.sst2.*
+        prefix = stage.task if stage.kind == "evaluate" else stage.name.replace("[", ".").rstrip("]")
+        self.log_metrics(self.parent_id, {f"{prefix}.{k}": v for k, v in summary.items()})
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, error: BaseException) -> None:
+        """Close a run as FAILED, keeping the error message as a tag."""
+        self.client.set_tag(run_id, "error", str(error)[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
+        """Log several metrics at one step in one call."""
+        if run_id is None or not metrics:
+            return
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+
+    def log_artifacts(self, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+        """Copy files or directories into the run's artifact store."""
+        for p in paths:
+            if p.is_dir():
+                self.client.log_artifacts(run_id, str(p), artifact_path=f"{artifact_path or ''}{p.name}".strip("/"))
+            elif p.is_file():
+                self.client.log_artifact(run_id, str(p), artifact_path=artifact_path)
+
+    def end_parent(self, status: str = "FINISHED") -> None:
+        """Close the pipeline run."""
+        if self.parent_id is not None:
+            self.client.set_terminated(self.parent_id, status)
