@@ -26,8 +26,14 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="YAML config (e.g. configs/demo.yaml); defaults apply when omitted")
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set pretrain.max_steps=100 (repeatable)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set pretrain.max_steps=100 (repeatable)",
+        )
         sp.add_argument("--workspace", help="workspace directory (default: $GPTFLOW_HOME or ./workspace)")
 
     run = sub.add_parser("run", help="run the pipeline (finished stages are reused from cache)")

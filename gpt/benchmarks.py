@@ -80,9 +80,7 @@ def _load_story_cloze(split: str, cache_dir: Path) -> list[Example]:
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sst2", "classification", 2, "accuracy", ("sst2/train", "sst2/dev"), _load_sst2),
-    "story_cloze": TaskSpec(
-        "story_cloze", "multiple_choice", 2, "accuracy", ("story_cloze/val",), _load_story_cloze
-    ),
+    "story_cloze": TaskSpec("story_cloze", "multiple_choice", 2, "accuracy", ("story_cloze/val",), _load_story_cloze),
 }
 
 

@@ -199,9 +199,7 @@ def from_dict(cls: type, data: Any, where: str = "config", prefix: str = "") -> 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})"
-        )
+        raise ConfigError(f"{where}: unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
     kwargs = {name: _coerce(hints[name], value, where, f"{prefix}{name}") for name, value in data.items()}
     obj = cls(**kwargs)
     _check_ranges(obj, where, prefix)
@@ -290,8 +288,7 @@ def _check_ranges(obj: Any, where: str, prefix: str) -> None:
             raise ConfigError(f"{where}: config key '{prefix}{name}' must be {requirement}, got {value!r}")
     if isinstance(obj, ModelConfig) and obj.n_embd % obj.n_head:
         raise ConfigError(
-            f"{where}: config key '{prefix}n_embd' ({obj.n_embd}) must be divisible by "
-            f"'{prefix}n_head' ({obj.n_head})"
+            f"{where}: config key '{prefix}n_embd' ({obj.n_embd}) must be divisible by '{prefix}n_head' ({obj.n_head})"
         )
     if isinstance(obj, ExperimentConfig):
         max_len = obj.finetune.max_len

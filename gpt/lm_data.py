@@ -26,9 +26,7 @@ def _windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[
 class RandomWindows(IterableDataset):
     """Endless batches of random (input, target) windows; batch `s` depends only on (seed, s)."""
 
-    def __init__(
-        self, shard_dir: Path, block_size: int, batch_size: int, seed: int, start_step: Callable[[], int]
-    ):
+    def __init__(self, shard_dir: Path, block_size: int, batch_size: int, seed: int, start_step: Callable[[], int]):
         self.shard_dir, self.block_size, self.batch_size, self.seed = shard_dir, block_size, batch_size, seed
         self.start_step = start_step
 

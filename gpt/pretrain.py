@@ -84,6 +84,7 @@ def pretrain(
     ckpt_dir: Path,
     seed: int,
     logger: Logger | bool = False,
+    extra_callbacks: list[L.Callback] | None = None,
 ) -> tuple[GPT, PretrainResult]:
     """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir/last.ckpt`."""
     L.seed_everything(seed, workers=True, verbose=False)
@@ -93,7 +94,7 @@ def pretrain(
         dirpath=ckpt_dir, filename="step{step}", every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True
     )
     throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
-    callbacks: list[L.Callback] = [checkpoint, throughput, NonFiniteLossStop()]
+    callbacks: list[L.Callback] = [checkpoint, throughput, NonFiniteLossStop(), *(extra_callbacks or [])]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(

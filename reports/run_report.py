@@ -79,9 +79,7 @@ def build_report(client: MlflowClient, run_id: str) -> str:
             acc = metrics[f"{task}.accuracy"]
             majority = metrics.get(f"{task}.majority_rate", float("nan"))
             paper = PAPER.get((task, "accuracy"))
-            lines.append(
-                f"| {task} | accuracy | {100 * acc:.1f} | {100 * majority:.1f} | {paper if paper else '—'} |"
-            )
+            lines.append(f"| {task} | accuracy | {100 * acc:.1f} | {100 * majority:.1f} | {paper if paper else '—'} |")
     samples = _samples(client, runs)
     if samples:
         lines += ["", "## Samples after pretraining", "", "```", samples.strip(), "```"]

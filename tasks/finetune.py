@@ -16,9 +16,8 @@ TASK_MODEL_DIR = "task_model"
 
 def compute(ctx: StageContext) -> StageOutput:
     """Fine-tune on the task's train split (capped by `finetune.max_examples`) and save the task model."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from gpt.finetune import TaskModel, finetune, save_task_model
+    from tasks.mlflow_logger import stage_logger
 
     cfg = ctx.cfg
     spec = get_task(ctx.stage.task)
@@ -28,7 +27,7 @@ def compute(ctx: StageContext) -> StageOutput:
     examples = cap_examples(spec.load("train", ctx.cache_dir), cfg.finetune.max_examples, cfg.seed)
     train = [encode_example(e, spec.type, enc, max_len) for e in examples]
     model = TaskModel(gpt, spec.type, spec.num_outputs, cfg.finetune.clf_dropout)
-    logger = MLFlowLogger(tracking_uri=ctx.tracking_uri, run_id=ctx.run_id) if ctx.run_id else False
+    logger = stage_logger(ctx.tracking_uri, ctx.run_id)
     result = finetune(
         model, train, cfg.finetune, ctx.out / "checkpoints", cfg.seed, cfg.pretrain.precision, logger=logger
     )

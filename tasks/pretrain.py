@@ -20,15 +20,14 @@ PROMPTS = ("The ", "It was ", "\n")
 
 def compute(ctx: StageContext) -> StageOutput:
     """Train (resuming from `checkpoints/last.ckpt` if present), then save weights and samples."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from gpt.generate import generate
     from gpt.pretrain import pretrain
+    from tasks.mlflow_logger import stage_logger
 
     cfg = ctx.cfg
     enc = load_tokenizer(ctx.inputs["tokenizer"])
     gpt_config = GPTConfig.from_model_config(cfg.model, enc.n_vocab)
-    logger = MLFlowLogger(tracking_uri=ctx.tracking_uri, run_id=ctx.run_id) if ctx.run_id else False
+    logger = stage_logger(ctx.tracking_uri, ctx.run_id)
     model, result = pretrain(
         gpt_config, cfg.pretrain, ctx.inputs["encode"], ctx.out / "checkpoints", cfg.seed, logger=logger
     )
@@ -37,8 +36,13 @@ def compute(ctx: StageContext) -> StageOutput:
     samples = []
     for prompt in PROMPTS:
         ids = generate(
-            model, enc.encode_ordinary(prompt), cfg.pretrain.sample_tokens, temperature=0.8, top_k=40,
-            stop_id=enc.eot_token, generator=gen,
+            model,
+            enc.encode_ordinary(prompt),
+            cfg.pretrain.sample_tokens,
+            temperature=0.8,
+            top_k=40,
+            stop_id=enc.eot_token,
+            generator=gen,
         )
         samples.append(f"--- prompt: {prompt!r}\n{prompt}{enc.decode(ids)}\n")
     (ctx.out / SAMPLES_FILE).write_text("\n".join(samples))

@@ -1,0 +1,50 @@
+"""The CLI rejects bad input with one line and exit code 2, before Prefect or any compute starts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gptflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "sets", "needle"),
+    [
+        ("model:\n  n_layerz: 2\n", [], "unknown config key 'model.n_layerz'"),
+        ("pretrain:\n  max_steps: lots\n", [], "'pretrain.max_steps' must be an integer"),
+        ("model:\n  n_embd: 30\n  n_head: 4\n", [], "'model.n_embd' (30) must be divisible"),
+        ("corpus:\n  source: /nowhere/corpus.txt\n", [], "corpus source not found: /nowhere/corpus.txt"),
+        ("", ["finetune.tasks=[nope]"], "unknown task 'nope'"),
+        ("", ["--only", "pretrian"], "unknown stage 'pretrian'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, yaml_text, sets, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    extra = [a for s in sets for a in (["--set", s] if "=" in s else [s])]
+    proc = gptflow("run", "--config", str(cfg), "--workspace", str(tmp_path / "ws"), *extra, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ws" / "artifacts").exists()  # nothing computed
+
+
+def test_stages_shows_the_plan(tmp_path):
+    proc = gptflow("stages", "--config", str(ROOT / "configs/micro.yaml"), "--workspace", str(tmp_path), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert names[:4] == ["corpus", "tokenizer", "encode", "pretrain"] and names[-1] == "report"
+    assert all("to run" in line for line in proc.stdout.splitlines())
