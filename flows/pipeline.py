@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ def pipeline(
     force: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline for a resolved config; returns the MLflow parent run id and per-stage outcome."""
+    # Lightning prints through its own handler; without this Prefect's root handler repeats every line.
+    logging.getLogger("lightning.pytorch").propagate = False
     cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
     ws = Workspace(Path(workspace))
     plan = build_plan(cfg, ws.artifacts)

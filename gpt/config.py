@@ -234,6 +234,11 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             raise ConfigError(f"{where}: config key '{key}' must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: config key '{key}' must be a number, got {value!r}")
         return float(value)

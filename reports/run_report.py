@@ -63,8 +63,8 @@ def build_report(client: MlflowClient, run_id: str) -> str:
     ]
     for r in runs:
         t = r.data.tags
-        wall = (r.info.end_time - r.info.start_time) / 1000 if r.info.end_time else float("nan")
-        lines.append(f"| {t.get('stage')} | {t.get('cached', '?')} | `{t.get('cache_key')}` | {wall:.1f} |")
+        wall = f"{(r.info.end_time - r.info.start_time) / 1000:.1f}" if r.info.end_time else "running"
+        lines.append(f"| {t.get('stage')} | {t.get('cached', 'running')} | `{t.get('cache_key')}` | {wall} |")
     pre = {k.removeprefix("pretrain."): v for k, v in metrics.items() if k.startswith("pretrain.")}
     if pre:
         lines += ["", "## Pretraining", ""]

@@ -13,6 +13,8 @@ MICRO = ROOT / "configs" / "micro.yaml"
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect logs "Stopping temporary server" at exit, after pytest has closed its capture streams.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 @pytest.fixture

@@ -1,0 +1,49 @@
+"""The https source path for real, against a local HTTP server on 127.0.0.1."""
+
+import hashlib
+import http.server
+import threading
+from functools import partial
+
+import pytest
+
+from gpt.sources import SourceError, check_source, download
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_download_verifies_and_caches(server, tmp_path):
+    root, url = server
+    data = b"To be, or not to be.\r\n" * 100
+    (root / "book.txt").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    path = download(f"{url}/book.txt", digest, tmp_path / "cache")
+    assert path.read_bytes() == data and path.name == digest
+    (root / "book.txt").unlink()  # served from the cache from now on
+    assert download(f"{url}/book.txt", digest, tmp_path / "cache") == path
+
+
+def test_download_checksum_mismatch_is_one_clear_error(server, tmp_path):
+    root, url = server
+    (root / "book.txt").write_bytes(b"something else")
+    with pytest.raises(SourceError, match="checksum mismatch .* expected sha256 0{64}, got [0-9a-f]{64}"):
+        download(f"{url}/book.txt", "0" * 64, tmp_path / "cache")
+
+
+def test_unreachable_url_says_how_to_work_offline(tmp_path):
+    with pytest.raises(SourceError, match="GPTFLOW_MIRROR"):
+        download("http://127.0.0.1:9/none.txt", "0" * 64, tmp_path / "cache")
+
+
+def test_https_corpus_source_needs_a_checksum(tmp_path):
+    with pytest.raises(SourceError, match="needs a checksum"):
+        check_source("https://example.org/corpus.txt")
