@@ -112,6 +112,8 @@ def build_corpus(
     stats = CorpusStats()
     with open(out_file, "w", encoding="utf-8") as out:
         for origin, raw in raw_documents(source, cache_dir):
+            if max_bytes is not None and stats.bytes >= max_bytes:
+                break
             if isinstance(raw, bytes):
                 text, bad = decode(raw)
                 stats.bad_bytes_replaced += bad
@@ -124,10 +126,7 @@ def build_corpus(
             if not text.strip():
                 continue
             if max_bytes is not None:
-                room = max_bytes - stats.bytes
-                if room <= 0:
-                    break
-                text = text.encode()[:room].decode("utf-8", errors="ignore")
+                text = text.encode()[: max_bytes - stats.bytes].decode("utf-8", errors="ignore")
             out.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
             stats.documents += 1
             stats.bytes += len(text.encode())

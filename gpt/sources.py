@@ -8,13 +8,15 @@ beside the checkout) so that tests and the demo run with no network.
 
 from __future__ import annotations
 
+import csv
 import glob
+import gzip
 import hashlib
 import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 MIRROR_SCHEME = "mirror://"
 
@@ -28,7 +30,7 @@ class RemoteFile:
     """One file of a known data set: where it lives online and where a mirror keeps it."""
 
     url: str
-    sha256: str
+    sha256: str  # of the file's content (decompressed, when the mirror keeps it gzipped)
     mirror_path: str
 
 
@@ -36,6 +38,15 @@ _CHAR_RNN = "https://raw.githubusercontent.com/karpathy/char-rnn/6f9487a6fe5b420
 _GLUE = "https://raw.githubusercontent.com/F0restL1n/BERT/0d0288be08079531c7b3a85af3d532f9adb0f13a/glue_data"
 _CLOZE = "https://raw.githubusercontent.com/p-null/openai-gpt-pytorch/3684b880f64ece7772087afe25ba73835bce50ce"
 _WHISPER = "https://raw.githubusercontent.com/openai/whisper/c0d2f624c09dc18e709e37c2ad90c039a4eb72a2"
+_GUTENBERG = "https://raw.githubusercontent.com/rcdm-uga/Gutenberg_Text/a0b16d35a9851168ce9ac649851c17b7ab08d48e"
+
+
+def _catalog_tsv(name: str, base_url: str) -> list[RemoteFile]:
+    """Files of a many-file data set, listed in `gpt/catalog/<name>.tsv` (mirror_path, sha256, source_path)."""
+    with open(Path(__file__).with_name("catalog") / f"{name}.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [RemoteFile(f"{base_url}/{quote(r['source_path'])}", r["sha256"], r["mirror_path"]) for r in rows]
+
 
 CATALOG: dict[str, list[RemoteFile]] = {
     "tinyshakespeare": [
@@ -66,6 +77,8 @@ CATALOG: dict[str, list[RemoteFile]] = {
             "story_cloze/cloze_test_val__spring2016.csv",
         )
     ],
+    # 48 public-domain books from Project Gutenberg, PG header/footer included (stripped by `corpus`).
+    "gutenberg": _catalog_tsv("gutenberg_books", _GUTENBERG),
     "gpt2_bpe": [
         RemoteFile(
             f"{_WHISPER}/whisper/assets/gpt2.tiktoken",
@@ -88,10 +101,11 @@ def mirror_dir() -> Path | None:
     return None
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+def sha256_file(path: str | Path, decompress: bool = False) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks; with `decompress`, of a .gz file's content."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    gzipped = decompress and str(path).endswith(".gz")
+    with (gzip.open if gzipped else open)(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -136,7 +150,7 @@ def download(url: str, sha256: str, cache_dir: Path) -> Path:
 
 
 def _check_sha(path: Path, expected: str, label: str) -> None:
-    actual = sha256_file(path)
+    actual = sha256_file(path, decompress=True)  # mirrors may keep a canonical file gzipped
     if actual != expected:
         raise SourceError(f"checksum mismatch for {label} ({path}): expected sha256 {expected}, got {actual}")
 

@@ -69,3 +69,13 @@ def test_catalog_source_served_from_mirror(tmp_path):
     path = fetch(CATALOG["tinyshakespeare"][0], tmp_path / "dl")
     assert sha256_file(path) == CATALOG["tinyshakespeare"][0].sha256
     shutil.rmtree(tmp_path / "dl", ignore_errors=True)
+
+
+def test_gutenberg_catalog_is_verified_and_stripped(tmp_path):
+    remotes = CATALOG["gutenberg"]
+    assert len(remotes) == 48 and all(r.url.startswith("https://raw.githubusercontent.com/") for r in remotes)
+    stats = build_corpus("gutenberg", tmp_path / "out.jsonl", tmp_path / "dl", max_bytes=3_000_000)
+    assert stats.documents >= 3 and stats.gutenberg_stripped == stats.documents
+    first = next(read_documents(tmp_path / "out.jsonl"))
+    assert "Project Gutenberg" not in first[:2000] and "\r" not in first
+    assert not (tmp_path / "dl").exists()  # everything came from the mirror

@@ -7,18 +7,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
+from gpt.config import load_config
+from tasks.plan import build_plan
 
-STAGES = [
-    "corpus",
-    "tokenizer",
-    "encode",
-    "pretrain",
-    "finetune[sst2]",
-    "evaluate[sst2]",
-    "finetune[story_cloze]",
-    "evaluate[story_cloze]",
-    "report",
-]
+MICRO = Path(__file__).resolve().parents[1] / "configs" / "micro.yaml"
+STAGES = [s.name for s in build_plan(load_config(MICRO), Path("unused"))]
 
 
 def runs_of(client: MlflowClient, parent_id: str):
