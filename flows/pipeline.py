@@ -53,8 +53,9 @@ def pipeline(
             except BaseException as e:
                 tracker.fail(child, e)
                 raise
+            # A Prefect cache hit returns the producing run's result, whose "computed" is True.
             cached = state.name == "Cached" or not result["computed"]
-            if result["computed"]:
+            if not cached:
                 tracker.log_artifacts(child, [stage.dir / a for a in result["artifacts"]])
             tracker.finish_child(child, stage, stage.manifest(), cached)
             outcome[stage.name] = "cached" if cached else "computed"

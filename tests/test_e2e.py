@@ -70,6 +70,7 @@ def test_second_run_is_all_cache_hits(micro_config, workspace):
     assert {n: c.data.tags["cached"] for n, c in children.items()} == {n: "true" for n in STAGES}
     assert all(c.data.tags["produced_by"] == runs_of(client, first)[1][n].info.run_id for n, c in children.items())
     assert parent.data.metrics["sst2.accuracy"] == client.get_run(first).data.metrics["sst2.accuracy"]
+    assert client.list_artifacts(children["pretrain"].info.run_id) == []  # weights stay with the producer
 
 
 def test_changed_finetune_lr_reruns_only_downstream(micro_config, workspace):
