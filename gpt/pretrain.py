@@ -90,9 +90,7 @@ def pretrain(
     L.seed_everything(seed, workers=True, verbose=False)
     module = LMModule(asdict(gpt_config), asdict(cfg))
     data = ShardDataModule(shard_dir, gpt_config.block_size, cfg.batch_size, cfg.val_batches, seed)
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True
-    )
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True)
     throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
     callbacks: list[L.Callback] = [checkpoint, throughput, NonFiniteLossStop(), *(extra_callbacks or [])]
     if logger:

@@ -83,8 +83,3 @@ def special_ids(enc: tiktoken.Encoding) -> dict[str, int]:
         "delim": enc.encode_single_token(DELIM),
         "extract": enc.encode_single_token(EXTRACT),
     }
-
-
-def encode_text(enc: tiktoken.Encoding, text: str) -> list[int]:
-    """Encode plain text; special-token strings inside it are treated as ordinary text, never as specials."""
-    return enc.encode(text, disallowed_special=())

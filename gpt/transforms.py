@@ -8,7 +8,7 @@ import tiktoken
 import torch
 
 from gpt.benchmarks import Example, TaskType
-from gpt.tokenizer import encode_text, special_ids
+from gpt.tokenizer import special_ids
 
 
 @dataclass
@@ -43,19 +43,25 @@ def _sequence(segments: list[list[int]], ids: dict[str, int], max_len: int) -> l
     return out
 
 
-def encode_example(example: Example, task_type: TaskType, enc: tiktoken.Encoding, max_len: int) -> EncodedExample:
-    """Apply the task type's input transformation to one example."""
+def encode_examples(
+    examples: list[Example], task_type: TaskType, enc: tiktoken.Encoding, max_len: int
+) -> list[EncodedExample]:
+    """Apply the task type's input transformation to every example (one batched tokenizer call)."""
     ids = special_ids(enc)
-    parts = [encode_text(enc, f) for f in example.fields]
-    if task_type in ("classification", "entailment"):
-        seqs = [_sequence(parts, ids, max_len)]
-    elif task_type == "similarity":
-        a, b = parts
-        seqs = [_sequence([a, b], ids, max_len), _sequence([b, a], ids, max_len)]
-    else:  # multiple_choice: one sequence per answer, context first
-        context, answers = parts[0], parts[1:]
-        seqs = [_sequence([context, answer], ids, max_len) for answer in answers]
-    return EncodedExample(seqs, example.label)
+    flat = enc.encode_ordinary_batch([f for e in examples for f in e.fields])  # specials in text stay text
+    out, i = [], 0
+    for example in examples:
+        parts, i = flat[i : i + len(example.fields)], i + len(example.fields)
+        if task_type in ("classification", "entailment"):
+            seqs = [_sequence(parts, ids, max_len)]
+        elif task_type == "similarity":
+            a, b = parts
+            seqs = [_sequence([a, b], ids, max_len), _sequence([b, a], ids, max_len)]
+        else:  # multiple_choice: one sequence per answer, context first
+            context, answers = parts[0], parts[1:]
+            seqs = [_sequence([context, answer], ids, max_len) for answer in answers]
+        out.append(EncodedExample(seqs, example.label))
+    return out
 
 
 def collate(batch: list[EncodedExample]) -> dict[str, torch.Tensor]:

@@ -7,10 +7,9 @@ import csv
 import torch
 import torchmetrics.functional as M
 
-from gpt.benchmarks import cap_examples, get_task
+from gpt.benchmarks import get_task
 from gpt.tokenizer import load_tokenizer
-from gpt.transforms import encode_example
-from tasks.finetune import TASK_MODEL_DIR
+from tasks.finetune import TASK_MODEL_DIR, load_split
 from tasks.stage import StageContext, StageOutput
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -25,8 +24,8 @@ def compute(ctx: StageContext) -> StageOutput:
     enc = load_tokenizer(ctx.inputs["tokenizer"])
     model = load_task_model(ctx.inputs[f"finetune[{spec.name}]"] / TASK_MODEL_DIR)
     max_len = cfg.finetune.max_len or model.gpt.config.block_size
-    examples = cap_examples(spec.load("dev", ctx.cache_dir), cfg.finetune.max_examples, cfg.seed)
-    logits = predict(model, [encode_example(e, spec.type, enc, max_len) for e in examples])
+    examples, encoded = load_split(spec, "dev", enc, cfg, ctx.cache_dir, max_len)
+    logits = predict(model, encoded)
     preds = logits.argmax(-1)
     labels = torch.tensor([e.label for e in examples])
     k = spec.num_outputs

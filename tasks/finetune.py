@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
-from gpt.benchmarks import cap_examples, get_task
+import tiktoken
+
+from gpt.benchmarks import Example, TaskSpec, cap_examples, get_task
+from gpt.config import ExperimentConfig
 from gpt.model import load_model
 from gpt.tokenizer import load_tokenizer
-from gpt.transforms import encode_example
+from gpt.transforms import EncodedExample, encode_examples
 from tasks.pretrain import MODEL_DIR
 from tasks.stage import StageContext, StageOutput
 
 TASK_MODEL_DIR = "task_model"
+
+
+def load_split(
+    spec: TaskSpec, split: str, enc: tiktoken.Encoding, cfg: ExperimentConfig, cache_dir: Path, max_len: int
+) -> tuple[list[Example], list[EncodedExample]]:
+    """A task split, capped by `finetune.max_examples` (seeded), and its encoded form."""
+    examples = cap_examples(spec.load(split, cache_dir), cfg.finetune.max_examples, cfg.seed)
+    return examples, encode_examples(examples, spec.type, enc, max_len)
 
 
 def compute(ctx: StageContext) -> StageOutput:
@@ -24,8 +36,7 @@ def compute(ctx: StageContext) -> StageOutput:
     enc = load_tokenizer(ctx.inputs["tokenizer"])
     gpt = load_model(ctx.inputs["pretrain"] / MODEL_DIR)
     max_len = cfg.finetune.max_len or gpt.config.block_size
-    examples = cap_examples(spec.load("train", ctx.cache_dir), cfg.finetune.max_examples, cfg.seed)
-    train = [encode_example(e, spec.type, enc, max_len) for e in examples]
+    _, train = load_split(spec, "train", enc, cfg, ctx.cache_dir, max_len)
     model = TaskModel(gpt, spec.type, spec.num_outputs, cfg.finetune.clf_dropout)
     logger = stage_logger(ctx.tracking_uri, ctx.run_id)
     result = finetune(

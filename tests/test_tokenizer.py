@@ -10,7 +10,6 @@ from gpt.tokenizer import (
     GPT2_PATTERN,
     SPLIT_PATTERN,
     build_encoding,
-    encode_text,
     load_tokenizer,
     save_tokenizer,
     special_ids,
@@ -47,7 +46,7 @@ def test_specials_follow_the_ranks_and_never_come_from_text():
     ids = special_ids(enc)
     assert sorted(ids.values()) == [280, 281, 282, 283]
     assert enc.n_vocab == 284
-    ids_from_text = encode_text(enc, f"a {EOT} b {EXTRACT}")
+    ids_from_text = enc.encode_ordinary(f"a {EOT} b {EXTRACT}")  # how corpus and task text are encoded
     assert not set(ids_from_text) & set(ids.values())
 
 

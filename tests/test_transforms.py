@@ -5,7 +5,11 @@ from gpt.benchmarks import Example, cap_examples, get_task
 from gpt.finetune import TaskModel
 from gpt.model import GPT, GPTConfig
 from gpt.tokenizer import SPLIT_PATTERN, build_encoding, special_ids, train_bpe
-from gpt.transforms import collate, encode_example, truncate
+from gpt.transforms import collate, encode_examples, truncate
+
+
+def encode_example(example, task_type, enc, max_len):
+    return encode_examples([example], task_type, enc, max_len)[0]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +51,7 @@ def test_truncation_keeps_extract(enc):
 )
 def test_task_model_heads(enc, task_type, n_fields, outputs):
     examples = [Example(tuple(f"a cat {i} " * (j + 1) for j in range(n_fields)), 0) for i in range(3)]
-    batch = collate([encode_example(e, task_type, enc, 32) for e in examples])
+    batch = collate(encode_examples(examples, task_type, enc, 32))
     gpt = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0))
     num = n_fields - 1 if task_type == "multiple_choice" else outputs
     logits, lm_loss = TaskModel(gpt, task_type, num, 0.0)(batch["tokens"], batch["lengths"])
