@@ -45,7 +45,7 @@ class TaskModel(nn.Module):
         """(task logits [B, K], per-token LM loss averaged over real tokens)."""
         B, C, T = tokens.shape
         flat, flat_len = tokens.view(B * C, T), lengths.view(B * C)
-        hidden = self.gpt(flat)
+        hidden = self.gpt.hidden_states(flat)
         h_extract = self.clf_dropout(hidden[torch.arange(B * C, device=flat.device), flat_len - 1])
         if self.task_type == "multiple_choice":
             logits = self.head(h_extract).view(B, C)

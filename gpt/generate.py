@@ -38,7 +38,7 @@ def generate(
     out: list[int] = []
     for _ in range(max_new_tokens):
         context = idx[:, -model.config.block_size :]
-        logits = model.lm_logits(model(context)[:, -1, :]).float()
+        logits = model(context)[:, -1, :].float()
         if temperature == 0:
             next_id = logits.argmax(-1, keepdim=True)
         else:

@@ -1,7 +1,8 @@
 """The GPT decoder: GPT-1 (post-LN) or GPT-2 (pre-LN + final LN) blocks, tied embeddings.
 
-Readable in one sitting, after nanoGPT. `forward` returns hidden states so fine-tuning heads can
-read h(extract); `lm_logits` turns them into next-token logits with the tied embedding.
+Readable in one sitting, after nanoGPT. `forward(idx)` gives next-token logits; `hidden_states(idx)`
+gives the final hidden states so fine-tuning heads can read h(extract), and `lm_logits` turns hidden
+states into logits through the tied embedding.
 """
 
 from __future__ import annotations
@@ -119,7 +120,11 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding else n
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids [B, T] to final hidden states [B, T, C]."""
+        """Token ids [B, T] to next-token logits [B, T, V]."""
+        return self.lm_logits(self.hidden_states(idx))
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] to final hidden states [B, T, C] (what task heads read)."""
         T = idx.size(1)
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")

@@ -37,7 +37,7 @@ class LMModule(L.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        logits = self.model.lm_logits(self.model(x))
+        logits = self.model(x)
         return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ def test_shapes_and_causality(norm):
     model = tiny(norm).eval()
     idx = torch.randint(0, 50, (3, 10))
     h = model(idx)
-    assert h.shape == (3, 10, 16)
-    assert model.lm_logits(h).shape == (3, 10, 50)
+    assert h.shape == (3, 10, 50)
+    assert model.hidden_states(idx).shape == (3, 10, 16)
     changed = idx.clone()
     changed[:, -1] = (changed[:, -1] + 1) % 50
     assert torch.allclose(model(changed)[:, :-1], h[:, :-1], atol=1e-6)  # the future does not leak back
@@ -32,7 +32,7 @@ def test_embeddings_are_tied_and_saved_once(tmp_path):
     save_model(model, tmp_path)
     again = load_model(tmp_path)
     idx = torch.randint(0, 50, (1, 8))
-    assert torch.equal(model.eval().lm_logits(model(idx)), again.eval().lm_logits(again(idx)))
+    assert torch.equal(model.eval()(idx), again.eval()(idx))
     assert not any("lm_head" in k for k in model.state_dict())
 
 
