@@ -23,11 +23,24 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class CorpusSourceConfig:
+    """One source of a corpus mixture (`corpus.sources`) and its share of the corpus bytes."""
+
+    source: str = ""  # any `corpus.source` syntax
+    weight: float = 1.0
+
+
+@dataclass
 class CorpusConfig:
     """Where the pretraining text comes from and how it is cleaned."""
 
     source: str = "tinyshakespeare"
+    sources: list[CorpusSourceConfig] = field(default_factory=list)  # weighted mixture; replaces `source` when set
     strip_gutenberg: bool = True
+    fix_unicode: bool = False  # ftfy.fix_text (mojibake, entities, NFC), as GPT-1 did
+    normalize_whitespace: bool = False  # unicode spaces to ' ', no trailing spaces, at most one blank line
+    lowercase: bool = False
+    dedup: bool = True  # drop exact duplicate documents (after cleaning)
     max_bytes: int | None = None  # keep only the first N bytes of text (quick runs)
 
 
@@ -56,7 +69,8 @@ class ModelConfig:
     block_size: int = 256
     dropout: float = 0.1
     norm: Literal["post", "pre"] = "post"
-    activation: Literal["gelu", "gelu_new"] = "gelu"
+    activation: Literal["gelu", "gelu_new"] = "gelu"  # gelu_new: tanh approximation (GPT-1/GPT-2 code)
+    pad_vocab_to: int = 1  # round the embedding rows up to a multiple (64 speeds up the LM head)
 
 
 @dataclass
@@ -79,6 +93,28 @@ class PretrainConfig:
     devices: str = "auto"
     accelerator: str = "auto"
     sample_tokens: int = 48  # length of the continuations sampled after training
+    schedule: Literal["cosine", "linear"] = "cosine"  # after warmup: cosine to min_lr_ratio, or linear to 0
+    tokens_per_step: int | None = None  # accumulate gradients to about this many tokens per optimizer step
+    compile: bool | None = None  # torch.compile the model; None: on with CUDA, off on CPU
+    num_nodes: int = 1
+    ckpt_keep: int = 2  # step checkpoints kept besides last.ckpt
+
+
+@dataclass
+class FinetuneOverrides:
+    """Per-task changes to the fine-tuning recipe (`finetune.per_task.<task>`); unset keys keep the default."""
+
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    aux_lm_weight: float | None = None
+    warmup_fraction: float | None = None
+    weight_decay: float | None = None
+    clf_dropout: float | None = None
+    max_examples: int | None = None
+    max_len: int | None = None
+    early_stopping_patience: int | None = None
+    select_best: bool | None = None
 
 
 @dataclass
@@ -95,6 +131,43 @@ class FinetuneConfig:
     clf_dropout: float = 0.1
     max_examples: int | None = None  # cap per split, for quick runs
     max_len: int | None = None  # defaults to model.block_size
+    init: str = "pretrained"  # pretrained (the pipeline's) | scratch (random, same architecture) | a model dir
+    early_stopping_patience: int | None = None  # stop after N dev checks without improvement of the dev metric
+    select_best: bool = False  # keep the weights of the best dev-metric epoch instead of the last
+    seeds: list[int] | None = None  # fine-tune (and evaluate) each task once per seed
+    per_task: dict[str, FinetuneOverrides] = field(default_factory=dict)  # task name -> recipe overrides
+
+
+@dataclass
+class TaskColumnsConfig:
+    """Which columns of a custom task's files feed the input transformation, by role."""
+
+    text: str | None = None  # classification
+    premise: str | None = None  # entailment
+    hypothesis: str | None = None
+    a: str | None = None  # similarity (both orders are fed)
+    b: str | None = None
+    context: str | None = None  # multiple choice
+    answers: list[str] | None = None
+
+
+@dataclass
+class CustomTaskConfig:
+    """A benchmark defined by configuration alone (see README, "Custom tasks")."""
+
+    type: Literal["classification", "entailment", "similarity", "multiple_choice"]
+    train: str  # local path or https://...#sha256=<hex>
+    dev: str
+    test: str | None = None  # scored too when it has labels
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file extension
+    delimiter: str | None = None  # overrides the format's (csv ',' / tsv tab)
+    quoting: Literal["minimal", "none"] = "minimal"  # none: quote characters are plain text
+    encoding: str = "utf-8-sig"  # utf-8-sig also reads plain UTF-8; a BOM is dropped
+    columns: TaskColumnsConfig = field(default_factory=TaskColumnsConfig)
+    label: str = "label"  # the label column
+    labels: list[str] | None = None  # label set in class order; multiple choice: value naming each answer
+    score_range: list[float] | None = None  # regression (similarity): [low, high], one output, MSE loss
+    metrics: list[str] | None = None  # default: accuracy, or pearson + spearman for regression
 
 
 @dataclass
@@ -109,6 +182,8 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    tasks: dict[str, CustomTaskConfig] = field(default_factory=dict)  # custom tasks by name
+    ablations: list[Literal["no_pretraining", "no_aux_lm"]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what YAML holds), for hashing and logging."""
@@ -221,6 +296,10 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
             choices = " | ".join(map(str, args))
             raise ConfigError(f"{where}: config key '{key}' must be one of {choices}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: config key '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, where, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: config key '{key}' must be a list, got {value!r}")
@@ -251,6 +330,11 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
 
 # (key, predicate, requirement) checked after types; messages say what is allowed.
 _RANGES: dict[type, list[tuple[str, Any, str]]] = {
+    CorpusSourceConfig: [
+        ("source", lambda v: bool(v.strip()), "a non-empty source (see README, Data offline)"),
+        ("weight", lambda v: v > 0, "> 0"),
+    ],
+    CorpusConfig: [("max_bytes", lambda v: v is None or v >= 1, ">= 1")],
     TokenizerConfig: [("vocab_size", lambda v: 256 < v <= 65_000, "between 257 and 65000")],
     EncodeConfig: [("val_fraction", lambda v: 0 < v < 0.5, "in (0, 0.5)")],
     ModelConfig: [
@@ -259,6 +343,7 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("n_embd", lambda v: v >= 1, ">= 1"),
         ("block_size", lambda v: v >= 8, ">= 8"),
         ("dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("pad_vocab_to", lambda v: v >= 1, ">= 1"),
     ],
     PretrainConfig: [
         ("max_steps", lambda v: v >= 1, ">= 1"),
@@ -271,6 +356,9 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("val_batches", lambda v: v >= 1, ">= 1"),
         ("ckpt_every", lambda v: v >= 1, ">= 1"),
         ("log_every", lambda v: v >= 1, ">= 1"),
+        ("tokens_per_step", lambda v: v is None or v >= 1, ">= 1"),
+        ("num_nodes", lambda v: v >= 1, ">= 1"),
+        ("ckpt_keep", lambda v: v >= 0, ">= 0"),
     ],
     FinetuneConfig: [
         ("tasks", lambda v: len(v) >= 1, "a non-empty list"),
@@ -282,6 +370,19 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("clf_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
         ("max_examples", lambda v: v is None or v >= 2, ">= 2"),
         ("max_len", lambda v: v is None or v >= 8, ">= 8"),
+        ("early_stopping_patience", lambda v: v is None or v >= 1, ">= 1"),
+        ("seeds", lambda v: v is None or len(v) >= 1, "a non-empty list"),
+    ],
+    FinetuneOverrides: [
+        ("lr", lambda v: v is None or v > 0, "> 0"),
+        ("epochs", lambda v: v is None or v >= 1, ">= 1"),
+        ("batch_size", lambda v: v is None or v >= 1, ">= 1"),
+        ("aux_lm_weight", lambda v: v is None or v >= 0, ">= 0"),
+        ("warmup_fraction", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
+        ("clf_dropout", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
+        ("max_examples", lambda v: v is None or v >= 2, ">= 2"),
+        ("max_len", lambda v: v is None or v >= 8, ">= 8"),
+        ("early_stopping_patience", lambda v: v is None or v >= 1, ">= 1"),
     ],
 }
 
@@ -291,6 +392,10 @@ def _check_ranges(obj: Any, where: str, prefix: str) -> None:
         value = getattr(obj, name)
         if not ok(value):
             raise ConfigError(f"{where}: config key '{prefix}{name}' must be {requirement}, got {value!r}")
+    if isinstance(obj, CustomTaskConfig):  # columns per task type, label set vs regression, metric names
+        from gpt.custom_tasks import check_task_config
+
+        check_task_config(obj, where, prefix.rstrip("."))
     if isinstance(obj, ModelConfig) and obj.n_embd % obj.n_head:
         raise ConfigError(
             f"{where}: config key '{prefix}n_embd' ({obj.n_embd}) must be divisible by '{prefix}n_head' ({obj.n_head})"

@@ -1,10 +1,17 @@
-"""Sampling from a GPT: greedy, temperature, top-k and top-p (nucleus), stopping at end-of-text."""
+"""Sampling from a GPT: greedy, temperature, top-k and top-p (nucleus), stopping at end-of-text.
+
+Generation is incremental through a KV cache: after the prompt, each step feeds one token. Once the
+context is full, the window slides and the cache is rebuilt from the last `block_size` tokens, so the
+output is exactly what full recomputation (`use_cache=False`) gives.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from gpt.model import GPT
+from gpt.model import GPT, KVCache
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -21,7 +28,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 @torch.no_grad()
-def generate(
+def stream_tokens(
     model: GPT,
     prompt: list[int],
     max_new_tokens: int,
@@ -30,23 +37,45 @@ def generate(
     top_p: float | None = None,
     stop_id: int | None = None,
     generator: torch.Generator | None = None,
-) -> list[int]:
-    """New token ids after `prompt`; temperature 0 means greedy."""
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids after `prompt` one at a time; temperature 0 means greedy.
+
+    The model is put in eval mode for the duration and returned to its previous mode afterwards.
+    """
+    if not prompt:
+        raise ValueError("the prompt must contain at least one token")
+    was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    idx = torch.tensor([prompt], dtype=torch.long, device=device)
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        context = idx[:, -model.config.block_size :]
-        logits = model(context)[:, -1, :].float()
-        if temperature == 0:
-            next_id = logits.argmax(-1, keepdim=True)
-        else:
-            logits = filter_logits(logits / temperature, top_k, top_p)
-            next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        token = int(next_id)
-        if token == stop_id:
-            break
-        out.append(token)
-        idx = torch.cat([idx, next_id], dim=1)
-    return out
+    try:
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        block = model.config.block_size
+        tokens = list(prompt)
+        cache: KVCache | None = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = model(torch.tensor([tokens[-block:]], device=device))
+            elif cache is None or cache.pos >= block:  # (re)fill: the start, or the window slid
+                cache = KVCache(model.config, 1, device, dtype)
+                logits = model(torch.tensor([tokens[-block:]], device=device), cache)
+            else:
+                logits = model(torch.tensor([tokens[-1:]], device=device), cache)
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                next_id = logits.argmax(-1, keepdim=True)
+            else:
+                logits = filter_logits(logits / temperature, top_k, top_p)
+                next_id = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            token = int(next_id)
+            if token == stop_id:
+                return
+            yield token
+            tokens.append(token)
+    finally:
+        model.train(was_training)
+
+
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, **kwargs) -> list[int]:
+    """New token ids after `prompt` as a list (see `stream_tokens` for the options)."""
+    return list(stream_tokens(model, prompt, max_new_tokens, **kwargs))

@@ -1,7 +1,9 @@
 """Language-model batches from memory-mapped token shards.
 
-Training windows are drawn at random, but as a pure function of (seed, step): a run resumed at
-step k sees exactly the batches an uninterrupted run sees from step k on, with no sampler state.
+Training windows are drawn at random, but as a pure function of (seed, micro-batch index): a run
+resumed at optimizer step k sees exactly the batches an uninterrupted run sees from step k on, with
+no sampler state. The loaders get their own torch.Generator so that creating an iterator never
+draws from the global RNG (which drives dropout and is saved in checkpoints).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def _windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[
 
 
 class RandomWindows(IterableDataset):
-    """Endless batches of random (input, target) windows; batch `s` depends only on (seed, s)."""
+    """Endless batches of random (input, target) windows; micro-batch `s` depends only on (seed, s)."""
 
     def __init__(self, shard_dir: Path, block_size: int, batch_size: int, seed: int, start_step: Callable[[], int]):
         self.shard_dir, self.block_size, self.batch_size, self.seed = shard_dir, block_size, batch_size, seed
@@ -64,18 +66,21 @@ class FixedWindows(torch.utils.data.Dataset):
 class ShardDataModule(L.LightningDataModule):
     """Train/val loaders over an `encode` stage directory; batches are built whole, so batch_size=None."""
 
-    def __init__(self, shard_dir: Path, block_size: int, batch_size: int, val_batches: int, seed: int):
+    def __init__(
+        self, shard_dir: Path, block_size: int, batch_size: int, val_batches: int, seed: int, accumulate: int = 1
+    ):
         super().__init__()
         self.shard_dir, self.block_size, self.batch_size = Path(shard_dir), block_size, batch_size
-        self.val_batches, self.seed = val_batches, seed
+        self.val_batches, self.seed, self.accumulate = val_batches, seed, accumulate
 
-    def _global_step(self) -> int:
-        return self.trainer.global_step if self.trainer is not None else 0
+    def _first_micro_batch(self) -> int:
+        """Index of the next micro-batch: optimizer steps done times micro-batches per step."""
+        return self.trainer.global_step * self.accumulate if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        ds = RandomWindows(self.shard_dir, self.block_size, self.batch_size, self.seed, self._global_step)
-        return DataLoader(ds, batch_size=None)
+        ds = RandomWindows(self.shard_dir, self.block_size, self.batch_size, self.seed, self._first_micro_batch)
+        return DataLoader(ds, batch_size=None, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         ds = FixedWindows(self.shard_dir, self.block_size, self.batch_size, self.val_batches)
-        return DataLoader(ds, batch_size=None)
+        return DataLoader(ds, batch_size=None, generator=torch.Generator())

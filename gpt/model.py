@@ -2,7 +2,7 @@
 
 Readable in one sitting, after nanoGPT. `forward(idx)` gives next-token logits; `hidden_states(idx)`
 gives the final hidden states so fine-tuning heads can read h(extract), and `lm_logits` turns hidden
-states into logits through the tied embedding.
+states into logits through the tied embedding. An optional `KVCache` makes generation incremental.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from torch import nn
 
 from gpt.config import ModelConfig
 
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
 
 @dataclass
 class GPTConfig:
@@ -30,29 +33,66 @@ class GPTConfig:
     n_embd: int = 768
     block_size: int = 512
     dropout: float = 0.1
-    norm: str = "post"
-    activation: str = "gelu"
+    norm: str = "post"  # post: GPT-1's LN(x + f(x)); pre: GPT-2's x + f(LN(x)) with a final LN
+    activation: str = "gelu"  # gelu: exact (erf); gelu_new: tanh approximation (GPT-1's and GPT-2's code)
+    pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 for fast matmuls)
 
     @classmethod
     def from_model_config(cls, model: ModelConfig, vocab_size: int) -> GPTConfig:
         """The pipeline's `model` section plus the tokenizer's vocabulary size."""
         return cls(vocab_size=vocab_size, **asdict(model))
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding; logits beyond `vocab_size` are never returned."""
+        m = max(1, self.pad_vocab_to)
+        return (self.vocab_size + m - 1) // m * m
+
+
+class KVCache:
+    """Keys and values of every layer for one batch of sequences, filled as generation proceeds."""
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0  # positions filled so far
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values at `pos` and return all keys/values so far (advance with `advance`)."""
+        end = self.pos + k.size(2)
+        self.k[layer][:, :, self.pos : end] = k
+        self.v[layer][:, :, self.pos : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark `n` more positions as filled (after all layers have stored them)."""
+        self.pos += n
+
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.layer = cfg.n_head, layer
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if cache is None or cache.pos == 0:
+            if cache is not None:
+                cache.update(self.layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        else:  # new queries attend to everything cached plus themselves (causally among themselves)
+            start = cache.pos
+            k, v = cache.update(self.layer, k, v)
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -72,19 +112,19 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One Transformer block; `norm='post'` is GPT-1's LN(x + f(x)), `'pre'` is GPT-2's x + f(LN(x))."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x))
+            x = x + self.attn(self.ln_1(x), cache)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x))
+        x = self.ln_1(x + self.attn(x, cache))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -93,11 +133,13 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        if cfg.norm not in ("post", "pre") or cfg.activation not in ("gelu", "gelu_new"):
+            raise ValueError(f"unsupported norm/activation {cfg.norm!r}/{cfg.activation!r}")
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
-        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd) if cfg.norm == "pre" else nn.Identity()
         self.apply(self._init_weights)
         if cfg.norm == "pre":  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
@@ -119,24 +161,33 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids [B, T] to next-token logits [B, T, V]."""
-        return self.lm_logits(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids [B, T] to next-token logits [B, T, V] (V = the real vocabulary, padding cut off)."""
+        return self.lm_logits(self.hidden_states(idx, cache))
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids [B, T] to final hidden states [B, T, C] (what task heads read)."""
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids [B, T] to final hidden states [B, T, C] (what task heads read).
+
+        With a `cache`, `idx` continues the sequences already in it (positions start at `cache.pos`).
+        """
+        start = cache.pos if cache is not None else 0
         T = idx.size(1)
-        if self.config.block_size < T:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if self.config.block_size < start + T:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.h:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.advance(T)
         return self.ln_f(x)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits from hidden states, through the tied token embedding."""
-        return F.linear(hidden, self.wte.weight)
+        """Next-token logits from hidden states, through the tied token embedding; padded rows are cut off."""
+        logits = F.linear(hidden, self.wte.weight)
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token: 6N for the weights plus 6·L·T·C for attention scores."""
@@ -148,14 +199,18 @@ def save_model(model: GPT, out_dir: str | Path) -> None:
     """Write `config.json` + `model.safetensors` (tied weights stored once)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
+    state = model.state_dict()
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, out / WEIGHTS_FILE)
 
 
 def load_model(model_dir: str | Path, map_location: str = "cpu") -> GPT:
-    """Rebuild a GPT from a directory written by `save_model`."""
+    """Rebuild a GPT from a directory written by `save_model` (safetensors: no pickle is ever loaded)."""
     d = Path(model_dir)
-    cfg = GPTConfig(**json.loads((d / "config.json").read_text()))
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name} not found: a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    cfg = GPTConfig(**json.loads((d / CONFIG_FILE).read_text()))
     model = GPT(cfg)
-    model.load_state_dict(load_file(d / "model.safetensors", device=map_location))
+    model.load_state_dict(load_file(d / WEIGHTS_FILE, device=map_location))
     return model

@@ -1,14 +1,21 @@
-"""Language-model pretraining with a Lightning Trainer: resumable from checkpoints in a fixed directory."""
+"""Language-model pretraining with a Lightning Trainer: resumable from checkpoints in a fixed directory.
+
+Resume is exact: batches are a pure function of (seed, step) (see gpt/lm_data.py) and the RNG
+states that drive dropout are saved in every checkpoint, so a killed run continued from its last
+checkpoint ends with the same weights as an uninterrupted one (on CPU, bit for bit).
+"""
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -18,10 +25,32 @@ from gpt.callbacks import NonFiniteLossStop, TokenThroughput
 from gpt.config import PretrainConfig
 from gpt.lm_data import ShardDataModule
 from gpt.model import GPT, GPTConfig
-from gpt.optim import adamw, warmup_cosine
+from gpt.optim import adamw, warmup_cosine, warmup_linear
 
 LAST_CKPT = "last.ckpt"
 INITIAL_VAL_FILE = "initial_val.json"
+RNG_KEY = "gptflow_rng"
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch (CPU and CUDA), NumPy and Python RNG states as tensors and plain tuples (weights_only-safe)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
 
 
 class LMModule(L.LightningModule):
@@ -34,11 +63,12 @@ class LMModule(L.LightningModule):
         self.train_cfg = PretrainConfig(**train)
         cfg = self.model.config
         self.flops_per_batch = self.model.flops_per_token() * self.train_cfg.batch_size * cfg.block_size
+        self.resumed_from_step = 0
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -51,8 +81,21 @@ class LMModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         c = self.train_cfg
         opt = adamw(self.model, c.lr, c.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(c.warmup_steps, c.max_steps, c.min_lr_ratio))
+        if c.schedule == "linear":
+            fn = warmup_linear(c.warmup_steps, c.max_steps)
+        else:
+            fn = warmup_cosine(c.warmup_steps, c.max_steps, c.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning does not save RNG states; dropout needs them for an exact resume."""
+        checkpoint[RNG_KEY] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.resumed_from_step = int(checkpoint["global_step"])
+        if RNG_KEY in checkpoint:
+            set_rng_state(checkpoint[RNG_KEY])
 
 
 @dataclass
@@ -68,6 +111,7 @@ class PretrainResult:
     tokens_per_sec: float
     mfu: float
     fit_seconds: float
+    accumulate_grad_batches: int
 
 
 def resolve_precision(precision: str) -> str:
@@ -75,6 +119,23 @@ def resolve_precision(precision: str) -> str:
     if precision != "auto":
         return precision
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def accumulation(cfg: PretrainConfig, block_size: int) -> int:
+    """Micro-batches per optimizer step so that a step sees about `tokens_per_step` tokens (1 if unset)."""
+    if cfg.tokens_per_step is None:
+        return 1
+    devices = int(cfg.devices) if str(cfg.devices).isdigit() else 1
+    per_micro_batch = cfg.batch_size * block_size * devices * cfg.num_nodes
+    return max(1, round(cfg.tokens_per_step / per_micro_batch))
+
+
+def checkpoint_callback(cfg: PretrainConfig, ckpt_dir: Path) -> ModelCheckpoint:
+    """Every `ckpt_every` steps: `last.ckpt` plus the newest `ckpt_keep` step checkpoints."""
+    keep = {"monitor": "step", "mode": "max", "save_top_k": cfg.ckpt_keep} if cfg.ckpt_keep else {"save_top_k": 0}
+    return ModelCheckpoint(
+        dirpath=ckpt_dir, filename="step={step}", every_n_train_steps=cfg.ckpt_every, save_last=True, **keep
+    )
 
 
 def pretrain(
@@ -86,23 +147,33 @@ def pretrain(
     logger: Logger | bool = False,
     extra_callbacks: list[L.Callback] | None = None,
 ) -> tuple[GPT, PretrainResult]:
-    """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir/last.ckpt`."""
+    """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir` (`last.ckpt` resumes)."""
     L.seed_everything(seed, workers=True, verbose=False)
     module = LMModule(asdict(gpt_config), asdict(cfg))
-    data = ShardDataModule(shard_dir, gpt_config.block_size, cfg.batch_size, cfg.val_batches, seed)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True)
-    throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
-    callbacks: list[L.Callback] = [checkpoint, throughput, NonFiniteLossStop(), *(extra_callbacks or [])]
+    use_compile = cfg.compile if cfg.compile is not None else torch.cuda.is_available()
+    if use_compile:
+        module.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
+    accumulate = accumulation(cfg, gpt_config.block_size)
+    data = ShardDataModule(shard_dir, gpt_config.block_size, cfg.batch_size, cfg.val_batches, seed, accumulate)
+    throughput = TokenThroughput(window_size=min(10, cfg.max_steps * accumulate))
+    callbacks: list[L.Callback] = [
+        checkpoint_callback(cfg, ckpt_dir),
+        throughput,
+        NonFiniteLossStop(),
+        *(extra_callbacks or []),
+    ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=resolve_precision(cfg.precision),
         gradient_clip_val=cfg.grad_clip,
-        val_check_interval=cfg.val_every,
+        accumulate_grad_batches=accumulate,
+        val_check_interval=cfg.val_every * accumulate,  # counted in micro-batches
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
@@ -113,18 +184,17 @@ def pretrain(
     )
     last = ckpt_dir / LAST_CKPT
     initial_file = ckpt_dir / INITIAL_VAL_FILE
-    resumed_from = 0
-    if last.is_file():
-        resumed_from = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
     if not initial_file.is_file():  # the step-0 val loss, kept so a resumed run still reports it
         initial_val = trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"]
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         initial_file.write_text(json.dumps({"val_loss": float(initial_val)}))
     initial = float(json.loads(initial_file.read_text())["val_loss"])
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=last if last.is_file() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
     fit_seconds = time.perf_counter() - t0
-    tokens_per_sec = (trainer.global_step - resumed_from) * cfg.batch_size * gpt_config.block_size / fit_seconds
+    resumed_from = module.resumed_from_step
+    tokens = (trainer.global_step - resumed_from) * accumulate * cfg.batch_size * gpt_config.block_size
+    tokens_per_sec = tokens / fit_seconds
     final_train = float(trainer.callback_metrics.get("train_loss", float("nan")))
     final_val = float(trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"])
     result = PretrainResult(
@@ -139,5 +209,6 @@ def pretrain(
         if throughput.available_flops
         else float("nan"),
         fit_seconds=fit_seconds,
+        accumulate_grad_batches=accumulate,
     )
     return module.model, result
