@@ -1,55 +1,63 @@
-"""Encode a corpus into flat token shards (uint16 when the vocab fits) that np.memmap reads zero-copy."""
+"""Encode a corpus into flat token shards (uint16 when the vocab fits) that np.memmap reads zero-copy.
+
+Streaming and parallel: documents are read from the corpus JSONL in batches of about
+`BATCH_BYTES`, assigned to train/val by a seeded hash of their index, encoded by a pool of worker
+processes (tiktoken's Rust core, `encode_to_numpy`), and appended to `train.bin` / `val.bin` in
+corpus order while a sha256 of each file is updated. Memory is bounded by the batches in flight,
+not by the corpus. `shards.json` records per split: tokens, documents, text bytes and sha256.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
+import os
+import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from gpt.corpus import read_documents
+from gpt.sources import sha256_file
 from gpt.tokenizer import EOT
 
 SPLITS = ("train", "val")
 META_FILE = "shards.json"
+BATCH_BYTES = 1 << 21  # text per task sent to a worker
+INLINE_BYTES = 4 << 20  # corpora smaller than this are encoded in-process (no pool start-up)
+MASK_CHUNK = 1 << 20  # documents per chunk of the train/val assignment
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+class ShardError(ValueError):
+    """A token shard that does not match its manifest; the message names the file."""
 
 
 @dataclass
 class ShardStats:
-    """Token and document counts per split, and the dtype of the shard files."""
+    """Token, document and text-byte counts per split, the shard dtype, and the encoding speed."""
 
     dtype: str
     train_tokens: int
     val_tokens: int
     train_documents: int
     val_documents: int
+    train_text_bytes: int
+    val_text_bytes: int
+    seconds: float
 
-
-def split_documents(docs: list[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Assign whole documents to train/val at random (seeded), at least one each.
-
-    A corpus of a single document is cut at the paragraph break nearest the split point instead,
-    the usual convention for one running text.
-    """
-    if len(docs) == 1:
-        text = docs[0]
-        cut = text.rfind("\n\n", 0, int(len(text) * (1 - val_fraction)))
-        cut = cut if cut > 0 else int(len(text) * (1 - val_fraction))
-        return {"train": [text[:cut]], "val": [text[cut:].lstrip("\n")]}
-    u = np.random.default_rng(seed).random(len(docs))
-    is_val = u < val_fraction
-    if not is_val.any():
-        is_val[int(np.argmin(u))] = True
-    if is_val.all():
-        is_val[int(np.argmax(u))] = False
-    return {
-        "train": [d for d, v in zip(docs, is_val, strict=True) if not v],
-        "val": [d for d, v in zip(docs, is_val, strict=True) if v],
-    }
+    @property
+    def val_bytes_per_token(self) -> float:
+        """Compression of the tokenizer on the val split: UTF-8 bytes per token (end-of-text excluded)."""
+        return self.val_text_bytes / max(1, self.val_tokens - self.val_documents)
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -57,43 +65,248 @@ def token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.uint32)
 
 
-def _batches(docs: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(docs), size):
-        yield docs[i : i + size]
+def _uniform(start: int, stop: int, seed: int) -> np.ndarray:
+    """A uniform [0, 1) number per document index in [start, stop): splitmix64 of (seed, index)."""
+    x = np.arange(start, stop, dtype=np.uint64) + np.uint64((seed * _GOLDEN) & _MASK64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def val_mask(n_docs: int, val_fraction: float, seed: int, chunk: int = 1 << 20) -> Iterator[np.ndarray]:
+    """Which documents go to val, in chunks: a seeded hash of the index below `val_fraction`.
+
+    Independent of the documents' content and of batching; at least one document lands in each
+    split (the lowest- / highest-hashed one is moved when a split would be empty). O(chunk) memory.
+    """
+    lowest, highest, n_val = (1.0, -1), (-1.0, -1), 0
+    for start in range(0, n_docs, chunk):
+        u = _uniform(start, min(n_docs, start + chunk), seed)
+        n_val += int((u < val_fraction).sum())
+        lowest = min(lowest, (float(u.min()), start + int(u.argmin())))
+        highest = max(highest, (float(u.max()), start + int(u.argmax())))
+    for start in range(0, n_docs, chunk):
+        mask = _uniform(start, min(n_docs, start + chunk), seed) < val_fraction
+        if n_val == 0 and start <= lowest[1] < start + chunk:
+            mask[lowest[1] - start] = True
+        if n_val == n_docs and start <= highest[1] < start + chunk:
+            mask[highest[1] - start] = False
+        yield mask
+
+
+def cut_single_document(text: str, val_fraction: float) -> tuple[str, str]:
+    """A one-document corpus is cut at the paragraph break nearest the split point (train, val)."""
+    cut = text.rfind("\n\n", 0, int(len(text) * (1 - val_fraction)))
+    cut = cut if cut > 0 else int(len(text) * (1 - val_fraction))
+    return text[:cut], text[cut:].lstrip("\n")
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+
+
+def _split_batches(
+    corpus_file: Path, val_fraction: float, seed: int, bar: tqdm
+) -> Iterator[tuple[str, list[str]]]:
+    """(split, documents) batches of about BATCH_BYTES each, in corpus order per split."""
+    n_docs = _count_lines(corpus_file)
+    if n_docs == 1:
+        text = json.loads(corpus_file.read_text(encoding="utf-8"))["text"]
+        train, val = cut_single_document(text, val_fraction)
+        bar.update(bar.total)
+        yield "train", [train]
+        yield "val", [val]
+        return
+    pending: dict[str, list[str]] = {s: [] for s in SPLITS}
+    size = dict.fromkeys(SPLITS, 0)
+    masks = val_mask(n_docs, val_fraction, seed, MASK_CHUNK)
+    mask: np.ndarray = np.zeros(0, dtype=bool)
+    with open(corpus_file, "rb") as f:
+        for i, line in enumerate(f):
+            if i % MASK_CHUNK == 0:
+                mask = next(masks)
+            split = SPLITS[int(mask[i % MASK_CHUNK])]
+            pending[split].append(json.loads(line)["text"])
+            size[split] += len(line)
+            bar.update(len(line))
+            if size[split] >= BATCH_BYTES:
+                yield split, pending[split]
+                pending[split], size[split] = [], 0
+    for split in SPLITS:
+        if pending[split]:
+            yield split, pending[split]
+
+
+_WORKER_ENC: tiktoken.Encoding | None = None
+
+
+def _init_worker(state: dict) -> None:
+    global _WORKER_ENC
+    _WORKER_ENC = tiktoken.Encoding(**state)
+
+
+@dataclass
+class EncodedBatch:
+    """Tokens of a batch of documents as shard bytes, with its counts."""
+
+    data: bytes
+    tokens: int
+    documents: int
+    text_bytes: int
+
+
+def encode_documents(enc: tiktoken.Encoding, docs: list[str], dtype: str) -> EncodedBatch:
+    """`docs` as shard bytes, each followed by end-of-text; special-token text is encoded as plain text."""
+    eot = np.array([enc.eot_token], dtype=dtype)
+    parts: list[np.ndarray] = []
+    for doc in docs:
+        parts.append(enc.encode_to_numpy(doc, disallowed_special=()).astype(dtype, copy=False))
+        parts.append(eot)
+    tokens = np.concatenate(parts)
+    return EncodedBatch(tokens.tobytes(), tokens.size, len(docs), sum(len(d.encode()) for d in docs))
+
+
+def _encode_in_worker(docs: list[str], dtype: str) -> EncodedBatch:
+    assert _WORKER_ENC is not None
+    return encode_documents(_WORKER_ENC, docs, dtype)
+
+
+def _ordered_results(
+    pool: ProcessPoolExecutor | None,
+    workers: int,
+    enc: tiktoken.Encoding,
+    batches: Iterator[tuple[str, list[str]]],
+    dtype: str,
+) -> Iterator[tuple[str, EncodedBatch]]:
+    """Results in submission order with at most 2 batches per worker in flight (bounded memory).
+
+    Written by hand because `Pool.imap` and `Executor.map` read their whole input up front.
+    """
+    if pool is None:
+        for split, docs in batches:
+            yield split, encode_documents(enc, docs, dtype)
+        return
+    window: deque[tuple[str, Future]] = deque()
+    limit = 2 * workers
+    for split, docs in batches:
+        window.append((split, pool.submit(_encode_in_worker, docs, dtype)))
+        if len(window) >= limit:
+            s, fut = window.popleft()
+            yield s, fut.result()
+    while window:
+        s, fut = window.popleft()
+        yield s, fut.result()
 
 
 def encode_corpus(
-    corpus_file: Path, enc: tiktoken.Encoding, out_dir: Path, val_fraction: float, seed: int
+    corpus_file: Path,
+    enc: tiktoken.Encoding,
+    out_dir: Path,
+    val_fraction: float,
+    seed: int,
+    workers: int | None = None,
 ) -> ShardStats:
-    """Write `train.bin` and `val.bin` (documents separated by end-of-text) plus `shards.json`."""
+    """Write `train.bin` and `val.bin` (each document followed by end-of-text) plus `shards.json`.
+
+    `workers`: encoding processes (default: all cores; corpora under INLINE_BYTES are encoded in-process).
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
     dtype = token_dtype(enc.n_vocab)
-    eot = enc.encode_single_token(EOT)
-    splits = split_documents(list(read_documents(corpus_file)), val_fraction, seed)
-    counts: dict[str, int] = {}
-    total_bytes = sum(len(d) for docs in splits.values() for d in docs)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="encode") as bar:
-        for split in SPLITS:
-            n = 0
-            with open(out_dir / f"{split}.bin", "wb") as f:
-                for batch in _batches(splits[split], 64):
-                    for ids in enc.encode_ordinary_batch(batch):
-                        arr = np.asarray(ids + [eot], dtype=dtype)
-                        f.write(arr.tobytes())
-                        n += arr.size
-                    bar.update(sum(len(d) for d in batch))
-            counts[split] = n
-    stats = ShardStats(
+    if enc.eot_token != enc.encode_single_token(EOT):
+        raise ValueError(f"encoding {enc.name} has no {EOT} token")
+    corpus_bytes = corpus_file.stat().st_size
+    if workers is None:
+        workers = 1 if corpus_bytes < INLINE_BYTES else (os.cpu_count() or 1)
+    pool = None
+    if workers > 1:
+        state = {
+            "name": enc.name,
+            "pat_str": enc._pat_str,
+            "mergeable_ranks": enc._mergeable_ranks,
+            "special_tokens": enc._special_tokens,
+        }
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe under Prefect's and Lightning's threads
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(state,))
+    counts = {s: {"tokens": 0, "documents": 0, "text_bytes": 0} for s in SPLITS}
+    hashes = {s: hashlib.sha256() for s in SPLITS}
+    files = {s: open(out_dir / f"{s}.bin", "wb") for s in SPLITS}  # noqa: SIM115 (closed below)
+    try:
+        with tqdm(total=corpus_bytes, unit="B", unit_scale=True, desc="encode") as bar:
+            batches = _split_batches(corpus_file, val_fraction, seed, bar)
+            for split, batch in _ordered_results(pool, workers, enc, batches, dtype.name):
+                files[split].write(batch.data)
+                hashes[split].update(batch.data)
+                counts[split]["tokens"] += batch.tokens
+                counts[split]["documents"] += batch.documents
+                counts[split]["text_bytes"] += batch.text_bytes
+    finally:
+        for f in files.values():
+            f.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    meta = {
+        "dtype": dtype.name,
+        "eot": enc.eot_token,
+        "vocab_size": enc.n_vocab,
+        "splits": {s: {"file": f"{s}.bin", **counts[s], "sha256": hashes[s].hexdigest()} for s in SPLITS},
+    }
+    tmp = out_dir / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out_dir / META_FILE)
+    return ShardStats(
         dtype=dtype.name,
-        train_tokens=counts["train"],
-        val_tokens=counts["val"],
-        train_documents=len(splits["train"]),
-        val_documents=len(splits["val"]),
+        train_tokens=counts["train"]["tokens"],
+        val_tokens=counts["val"]["tokens"],
+        train_documents=counts["train"]["documents"],
+        val_documents=counts["val"]["documents"],
+        train_text_bytes=counts["train"]["text_bytes"],
+        val_text_bytes=counts["val"]["text_bytes"],
+        seconds=time.perf_counter() - t0,
     )
-    (out_dir / META_FILE).write_text(json.dumps(asdict(stats), indent=2))
-    return stats
 
 
-def open_shard(shard_dir: Path, split: str) -> np.memmap:
-    """Zero-copy view of one split's tokens."""
-    meta = json.loads((Path(shard_dir) / META_FILE).read_text())
-    return np.memmap(Path(shard_dir) / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+def read_manifest(shard_dir: Path) -> dict:
+    """The `shards.json` of an encode directory."""
+    path = Path(shard_dir) / META_FILE
+    if not path.is_file():
+        raise ShardError(f"no shard manifest {path}: not an encode stage directory")
+    return json.loads(path.read_text())
+
+
+def open_shard(shard_dir: Path, split: str, verify: bool = True) -> np.memmap:
+    """Zero-copy view of one split's tokens, checked against `shards.json`.
+
+    The size is always checked; with `verify` the sha256 is too, once per file per process
+    (cached by path, size and mtime), so a DataModule reopening the shard pays for it only once.
+    Raises ShardError naming the file when it is truncated or corrupt.
+    """
+    meta = read_manifest(shard_dir)
+    info = meta["splits"][split]
+    path = Path(shard_dir) / info["file"]
+    dtype = np.dtype(meta["dtype"])
+    expected = info["tokens"] * dtype.itemsize
+    actual = path.stat().st_size if path.is_file() else None
+    if actual != expected:
+        found = "missing" if actual is None else f"{actual} bytes"
+        raise ShardError(
+            f"token shard {path} is truncated or corrupt: shards.json says {info['tokens']} {dtype.name} tokens "
+            f"({expected} bytes), found {found}; rerun the encode stage (--force encode)"
+        )
+    if verify:
+        stat = path.stat()
+        digest = _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if digest != info["sha256"]:
+            raise ShardError(
+                f"token shard {path} is corrupt: expected sha256 {info['sha256']}, got {digest}; "
+                f"rerun the encode stage (--force encode)"
+            )
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+@cache
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for the life of the process."""
+    return sha256_file(path)

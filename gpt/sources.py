@@ -3,7 +3,8 @@
 A source is a catalog name (a known data set with its canonical URLs and sha256), a local path
 or glob, `https://...#sha256=<hex>`, or `hf://<dataset>[/<config>]?split=..&revision=..&column=..`.
 Canonical sources can be served from a mirror directory (`GPTFLOW_MIRROR`, else `../shared/data`
-beside the checkout) so that tests and the demo run with no network.
+beside the checkout) so that tests and the demo run with no network; a hub data set is looked up
+there as `hf/<dataset>[/<config>]/<split>.{parquet,jsonl,jsonl.gz,txt}` (or a `<split>/` folder).
 """
 
 from __future__ import annotations
@@ -68,6 +69,50 @@ CATALOG: dict[str, list[RemoteFile]] = {
             f"{_GLUE}/SST-2/dev.tsv",
             "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0",
             "glue/SST-2/dev.tsv",
+        )
+    ],
+    "rte/train": [
+        RemoteFile(
+            f"{_GLUE}/RTE/train.tsv",
+            "41e3a9b063433392343fad9e962cf2f58b681c78d8f71592f4186f0837246c5c",
+            "glue/RTE/train.tsv",
+        )
+    ],
+    "rte/dev": [
+        RemoteFile(
+            f"{_GLUE}/RTE/dev.tsv",
+            "80230dfa1347282e7b532b06a1004a76a710087541189bf874223ddf0e3819fb",
+            "glue/RTE/dev.tsv",
+        )
+    ],
+    # The mirror's MRPC train.tsv is rebuilt with GLUE's rule (3,668 rows; the repo's copy lacks one pair,
+    # see the mirror's PROVENANCE.md), so a download of this URL fails the checksum on purpose.
+    "mrpc/train": [
+        RemoteFile(
+            f"{_GLUE}/MRPC/train.tsv",
+            "69abcedee3cf738c6ce58d772e43e1b7cdf5b4edee4aceda459c0d9f4e5599f3",
+            "glue/MRPC/train.tsv",
+        )
+    ],
+    "mrpc/dev": [
+        RemoteFile(
+            f"{_GLUE}/MRPC/dev.tsv",
+            "9e8f284788040f7c9ecde2e1b3c07237c756f926bd9ef8548ef5d34b56f69f17",
+            "glue/MRPC/dev.tsv",
+        )
+    ],
+    "stsb/train": [
+        RemoteFile(
+            f"{_GLUE}/STS-B/train.tsv",
+            "41c4d978b6162abdcada7e49a982211954cca5459c228db478af333124b257a2",
+            "glue/STS-B/train.tsv",
+        )
+    ],
+    "stsb/dev": [
+        RemoteFile(
+            f"{_GLUE}/STS-B/dev.tsv",
+            "fe7dc0632a5033562f3cadff991f6e8d9b9b6311861660e78c3c82eb7db67f59",
+            "glue/STS-B/dev.tsv",
         )
     ],
     "story_cloze/val": [
@@ -185,6 +230,29 @@ def parse_hf(source: str) -> tuple[str, str | None, dict[str, str]]:
     return dataset, config, options
 
 
+def hf_mirror_files(source: str) -> list[Path]:
+    """The mirror's copy of a hub split (`hf/<dataset>[/<config>]/<split>.*` or `<split>/`), or []."""
+    mirror = mirror_dir()
+    if mirror is None:
+        return []
+    dataset, config, opts = parse_hf(source)
+    base = mirror / "hf" / dataset / (config or "")
+    split = opts.get("split", "train")
+    if (base / split).is_dir():
+        return resolve_local(str(base / split))
+    return sorted(p for p in base.glob(f"{glob.escape(split)}.*") if p.is_file())
+
+
+def hf_offline_hint(source: str) -> str:
+    """How to provide a hub source with no network: the mirror path it would be read from."""
+    dataset, config, opts = parse_hf(source)
+    where = Path("hf", dataset, config or "", opts.get("split", "train") + ".parquet")
+    return (
+        f"offline, save the split as {where} (or .jsonl) under the mirror (GPTFLOW_MIRROR, currently "
+        f"{mirror_dir()}), or load it once online so `datasets` caches it (then HF_DATASETS_OFFLINE=1 reads the cache)"
+    )
+
+
 def resolve_mirror(source: str) -> list[Path]:
     """Files named by `mirror://<path or glob>` relative to the mirror directory."""
     mirror = mirror_dir()
@@ -205,6 +273,9 @@ def check_source(source: str) -> None:
             raise SourceError(f"https source needs a checksum: {source}#sha256=<hex>")
         return
     if source.startswith("hf://"):
-        parse_hf(source)
+        _, _, opts = parse_hf(source)
+        if "revision" not in opts:
+            joiner = "&" if "?" in source else "?"
+            raise SourceError(f"hf source needs a pinned revision: {source}{joiner}revision=<commit or tag>")
         return
     resolve_local(source)

@@ -7,14 +7,15 @@ from pathlib import Path
 
 from gpt.benchmarks import get_task
 from gpt.config import ConfigError, ExperimentConfig
-from gpt.sources import SourceError, check_source
+from gpt.corpus import check_corpus_sources
+from gpt.sources import SourceError
 from tasks.stage import Stage
 
 # Bump a stage's version when its code changes what it writes; its key and all downstream keys change.
 VERSIONS = {
-    "corpus": "1",
-    "tokenizer": "1",
-    "encode": "1",
+    "corpus": "2",
+    "tokenizer": "2",
+    "encode": "2",
     "pretrain": "1",
     "finetune": "1",
     "evaluate": "1",
@@ -59,9 +60,9 @@ def build_plan(cfg: ExperimentConfig, artifacts_root: Path) -> list[Stage]:
 def check_inputs(cfg: ExperimentConfig) -> None:
     """Everything that can be checked before compute: sources resolvable, tasks known."""
     try:
-        check_source(cfg.corpus.source)
+        check_corpus_sources(cfg.corpus)
     except SourceError as e:
-        raise ConfigError(f"config key 'corpus.source': {e}") from None
+        raise ConfigError(str(e)) from None
     for i, name in enumerate(cfg.finetune.tasks):
         try:
             get_task(name)
