@@ -1,59 +1,57 @@
-"""Built-in fine-tuning benchmarks: where their files come from and how rows become examples."""
+"""Built-in fine-tuning benchmarks served from the mirror, and the one lookup for every task name.
+
+A task name is a custom task from the config's `tasks:` mapping, a built-in mirror task (SST-2,
+RTE, MRPC, STS-B, Story Cloze) or a Hugging Face hub task (CoLA, MNLI, QNLI, QQP, SNLI, SciTail, RACE).
+"""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from gpt.config import CustomTaskConfig
 from gpt.sources import CATALOG, fetch
+from gpt.tasks_hub import HUB_TASKS
+from gpt.tasks_spec import Example, TaskDataError, TaskSpec, TaskType, cap_examples, label_index, read_table
 
-TaskType = Literal["classification", "entailment", "similarity", "multiple_choice"]
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled example: its text fields in the order the task's input transformation uses them.
-
-    classification: (text,); entailment: (premise, hypothesis); similarity: (a, b);
-    multiple_choice: (context, answer_1, ..., answer_n) with `label` the index of the right answer.
-    """
-
-    fields: tuple[str, ...]
-    label: int
+__all__ = ["BUILTIN_TASKS", "Example", "TaskSpec", "TaskType", "cap_examples", "get_task", "known_tasks"]
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """A benchmark: its input format, output size, official metric and data splits."""
+def _glue_loader(
+    entry: str, columns: tuple[str, ...], label: str, to_label: Callable[[Path, int, str], int | float]
+) -> Callable[[str, Path], list[Example]]:
+    """A loader for a GLUE TSV (quoting off): `columns` in transformation order, `label` parsed by `to_label`."""
 
-    name: str
-    type: TaskType
-    num_outputs: int  # classes, or answers per example for multiple choice
-    metric: str
-    files: tuple[str, ...]  # catalog entries it reads (checked before any compute)
-    load: Callable[[str, Path], list[Example]]  # (split: "train" | "dev", cache_dir) -> examples
+    def load(split: str, cache_dir: Path) -> list[Example]:
+        (remote,) = CATALOG[f"{entry}/{split}"]
+        path = fetch(remote, cache_dir)
+        _, rows = read_table(path, "tsv", quoting="none")
+        return [
+            Example(tuple(row[c].strip() for c in columns), to_label(path, lineno, row[label]))
+            for lineno, row in rows
+        ]
+
+    return load
 
 
-def _read_tsv(path: Path) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+def _classes(names: tuple[str, ...], column: str) -> Callable[[Path, int, str], int]:
+    return lambda path, lineno, value: label_index(path, lineno, column, value, names)
 
 
-def _load_sst2(split: str, cache_dir: Path) -> list[Example]:
-    (remote,) = CATALOG[f"sst2/{split}"]
-    path = fetch(remote, cache_dir)
-    rows = _read_tsv(path)
-    out = []
-    for lineno, row in enumerate(rows, 2):
-        if row.get("label") not in ("0", "1"):
-            raise ValueError(f"{path}:{lineno}: label must be 0 or 1, got {row.get('label')!r}")
-        out.append(Example((row["sentence"].strip(),), int(row["label"])))
-    return out
+def _score(low: float, high: float, column: str) -> Callable[[Path, int, str], float]:
+    def parse(path: Path, lineno: int, value: str) -> float:
+        try:
+            score = float(value)
+        except ValueError:
+            score = float("nan")
+        if not low <= score <= high:
+            raise TaskDataError(f"{path}:{lineno}: column {column!r} has {value!r}, not a score in [{low}, {high}]")
+        return score
+
+    return parse
 
 
 # GPT-1's finetune-transformer-lm held out 374 of the 1,871 Story Cloze val stories with
@@ -79,21 +77,72 @@ def _load_story_cloze(split: str, cache_dir: Path) -> list[Example]:
 
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {
-    "sst2": TaskSpec("sst2", "classification", 2, "accuracy", ("sst2/train", "sst2/dev"), _load_sst2),
-    "story_cloze": TaskSpec("story_cloze", "multiple_choice", 2, "accuracy", ("story_cloze/val",), _load_story_cloze),
+    "sst2": TaskSpec(
+        "sst2",
+        "classification",
+        2,
+        ("accuracy",),
+        _glue_loader("sst2", ("sentence",), "label", _classes(("0", "1"), "label")),
+        files=("sst2/train", "sst2/dev"),
+        label_names=("negative", "positive"),
+    ),
+    "rte": TaskSpec(
+        "rte",
+        "entailment",
+        2,
+        ("accuracy",),
+        _glue_loader(
+            "rte", ("sentence1", "sentence2"), "label", _classes(("entailment", "not_entailment"), "label")
+        ),
+        files=("rte/train", "rte/dev"),
+        label_names=("entailment", "not_entailment"),
+    ),
+    "mrpc": TaskSpec(
+        "mrpc",
+        "similarity",
+        2,
+        ("f1", "accuracy"),
+        _glue_loader("mrpc", ("#1 String", "#2 String"), "Quality", _classes(("0", "1"), "Quality")),
+        files=("mrpc/train", "mrpc/dev"),
+        label_names=("not_paraphrase", "paraphrase"),
+    ),
+    "stsb": TaskSpec(
+        "stsb",
+        "similarity",
+        1,
+        ("pearson", "spearman"),
+        _glue_loader("stsb", ("sentence1", "sentence2"), "score", _score(0.0, 5.0, "score")),
+        files=("stsb/train", "stsb/dev"),
+        regression=True,
+    ),
+    "story_cloze": TaskSpec(
+        "story_cloze",
+        "multiple_choice",
+        2,
+        ("accuracy",),
+        _load_story_cloze,
+        files=("story_cloze/val",),
+        label_names=("ending_1", "ending_2"),
+    ),
 }
 
 
-def get_task(name: str) -> TaskSpec:
-    """The built-in task called `name`; the error lists the known ones."""
-    if name not in BUILTIN_TASKS:
-        raise KeyError(f"unknown task {name!r} (built-in: {', '.join(sorted(BUILTIN_TASKS))})")
-    return BUILTIN_TASKS[name]
+def known_tasks(custom: dict[str, CustomTaskConfig] | None = None) -> list[str]:
+    """Every task name `get_task` accepts."""
+    return sorted({*BUILTIN_TASKS, *HUB_TASKS, *(custom or {})})
 
 
-def cap_examples(examples: list[Example], max_examples: int | None, seed: int) -> list[Example]:
-    """A seeded random subset of at most `max_examples` (all of them, shuffled, when None)."""
-    order = np.random.default_rng(seed).permutation(len(examples))
-    if max_examples is not None:
-        order = order[:max_examples]
-    return [examples[i] for i in order]
+def get_task(name: str, custom: dict[str, CustomTaskConfig] | None = None) -> TaskSpec:
+    """The task called `name`: a custom task from the config first, then built-in and hub tasks.
+
+    Raises KeyError listing the known names.
+    """
+    if custom and name in custom:
+        from gpt.custom_tasks import custom_task_spec
+
+        return custom_task_spec(name, custom[name])
+    if name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name]
+    if name in HUB_TASKS:
+        return HUB_TASKS[name]
+    raise KeyError(f"unknown task {name!r} (known: {', '.join(known_tasks(custom))})")

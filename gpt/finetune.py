@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -21,28 +21,38 @@ from gpt.config import FinetuneConfig
 from gpt.model import GPT, GPTConfig
 from gpt.optim import adamw, warmup_linear
 from gpt.pretrain import LAST_CKPT, resolve_precision
+from gpt.tasks_metrics import HIGHER_IS_BETTER, compute_metrics
 from gpt.transforms import EncodedExample, collate
 
 TASK_MODEL_FILE = "task_model.json"
 WEIGHTS_FILE = "model.safetensors"
+BEST_DIR = "best"
 
 
 class TaskModel(nn.Module):
-    """A GPT with a task head; the head's input follows the task type's transformation."""
+    """A GPT with a task head; the head's input follows the task type's transformation.
 
-    def __init__(self, gpt: GPT, task_type: str, num_outputs: int, clf_dropout: float):
+    classification/entailment: linear on h(extract); similarity: the two orders' h(extract) summed,
+    then linear (classes, or one output for a regression score); multiple choice: linear to one
+    score per answer sequence, so a softmax over dim 1 spans one question's answers.
+    """
+
+    def __init__(self, gpt: GPT, task_type: str, num_outputs: int, clf_dropout: float, regression: bool = False):
         super().__init__()
         self.gpt = gpt
         self.task_type = task_type
         self.num_outputs = num_outputs
+        self.regression = regression
         self.clf_dropout = nn.Dropout(clf_dropout)
-        out = 1 if task_type == "multiple_choice" else num_outputs
+        out = 1 if task_type == "multiple_choice" or regression else num_outputs
         self.head = nn.Linear(gpt.config.n_embd, out)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(task logits [B, K], per-token LM loss averaged over real tokens)."""
+    def forward(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, with_lm: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(task logits [B, K], LM loss averaged over the real tokens, or None when `with_lm` is off)."""
         B, C, T = tokens.shape
         flat, flat_len = tokens.view(B * C, T), lengths.view(B * C)
         hidden = self.gpt.hidden_states(flat)
@@ -53,27 +63,51 @@ class TaskModel(nn.Module):
             logits = self.head(h_extract.view(B, C, -1).sum(1))
         else:
             logits = self.head(h_extract)
+        if not with_lm:
+            return logits, None
         lm_logits = self.gpt.lm_logits(hidden[:, :-1])
-        mask = torch.arange(T - 1, device=flat.device)[None, :] < (flat_len - 1)[:, None]
+        mask = torch.arange(T - 1, device=flat.device)[None, :] < (flat_len - 1)[:, None]  # real tokens only
         token_loss = F.cross_entropy(lm_logits.transpose(1, 2).float(), flat[:, 1:], reduction="none")
         lm_loss = (token_loss * mask).sum() / mask.sum().clamp(min=1)
         return logits, lm_loss
 
 
-class FinetuneModule(L.LightningModule):
-    """Trains a TaskModel with cross-entropy on the task plus λ times the LM loss."""
+def task_loss(model: TaskModel, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L2: mean squared error for a regression head, else cross-entropy (over answers, for multiple choice)."""
+    if model.regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
 
-    def __init__(self, model: TaskModel, cfg: FinetuneConfig, total_steps: int):
+
+class FinetuneModule(L.LightningModule):
+    """Trains a TaskModel on L3 = L2 + λ·L1 (just L2 when λ = 0) and scores the dev split each epoch."""
+
+    def __init__(self, model: TaskModel, cfg: FinetuneConfig, total_steps: int, metrics: tuple[str, ...] = ()):
         super().__init__()
-        self.model, self.cfg, self.total_steps = model, cfg, total_steps
+        self.model, self.cfg, self.total_steps, self.metrics = model, cfg, total_steps, metrics
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits, lm_loss = self.model(batch["tokens"], batch["lengths"])
-        task_loss = F.cross_entropy(logits.float(), batch["labels"])
-        loss = task_loss + self.cfg.aux_lm_weight * lm_loss
-        bs = batch["labels"].size(0)
-        self.log_dict({"train_loss": loss, "task_loss": task_loss, "lm_loss": lm_loss}, prog_bar=True, batch_size=bs)
+        use_lm = self.cfg.aux_lm_weight > 0
+        logits, lm_loss = self.model(batch["tokens"], batch["lengths"], with_lm=use_lm)
+        l2 = task_loss(self.model, logits, batch["labels"])
+        loss = l2 + self.cfg.aux_lm_weight * lm_loss if lm_loss is not None else l2
+        logs = {"train_loss": loss, "task_loss": l2, **({"lm_loss": lm_loss} if lm_loss is not None else {})}
+        self.log_dict(logs, prog_bar=True, batch_size=batch["labels"].size(0))
         return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits, _ = self.model(batch["tokens"], batch["lengths"], with_lm=False)
+        self._val.append((logits.float().cpu(), batch["labels"].cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        logits = torch.cat([v[0] for v in self._val])
+        labels = torch.cat([v[1] for v in self._val])
+        self._val.clear()
+        scores = compute_metrics(self.metrics, logits, labels, self.model.regression)
+        self.log_dict({f"val_{k}": v for k, v in scores.items()}, prog_bar=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = adamw(self.model, self.cfg.lr, self.cfg.weight_decay)
@@ -88,9 +122,11 @@ class FinetuneResult:
 
     train_examples: int
     steps: int
+    epochs_run: int
     final_train_loss: float
     final_task_loss: float
-    final_lm_loss: float
+    final_lm_loss: float  # nan when λ = 0
+    best_dev_metric: float  # the headline metric at the selected epoch; nan without a dev split
 
 
 def finetune(
@@ -101,14 +137,32 @@ def finetune(
     seed: int,
     precision: str = "auto",
     logger: Logger | bool = False,
+    dev: list[EncodedExample] | None = None,
+    metrics: tuple[str, ...] = ("accuracy",),
 ) -> FinetuneResult:
-    """Fine-tune in place for `cfg.epochs` epochs, resuming from `ckpt_dir/last.ckpt` if present."""
+    """Fine-tune in place, resuming from `ckpt_dir/last.ckpt` if present.
+
+    With `dev`, the dev split is scored after every epoch (`val_<metric>`), which enables
+    `cfg.early_stopping_patience` (Lightning EarlyStopping) and `cfg.select_best` (the weights of
+    the best epoch by the headline metric, kept by a ModelCheckpoint and restored at the end).
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    dev_loader = DataLoader(dev, batch_size=64, collate_fn=collate) if dev else None
     total_steps = cfg.epochs * len(loader)
-    module = FinetuneModule(model, cfg, total_steps)
+    module = FinetuneModule(model, cfg, total_steps, metrics)
     callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)]
+    monitor, mode = f"val_{metrics[0]}", "max" if HIGHER_IS_BETTER[metrics[0]] else "min"
+    best = None
+    if dev_loader is not None:
+        if cfg.early_stopping_patience:
+            callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience))
+        if cfg.select_best:
+            best = ModelCheckpoint(
+                dirpath=ckpt_dir / BEST_DIR, monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True
+            )
+            callbacks.append(best)
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
@@ -120,28 +174,37 @@ def finetune(
         log_every_n_steps=max(1, min(10, len(loader) // 4)),
         logger=logger,
         callbacks=callbacks,
+        num_sanity_val_steps=0,
         enable_model_summary=False,
         default_root_dir=ckpt_dir,
     )
     last = ckpt_dir / LAST_CKPT
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=last if last.is_file() else None)
+    resume = last if last.is_file() else None
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=dev_loader, ckpt_path=resume)
     m = trainer.callback_metrics
+    best_metric = float(m.get(monitor, float("nan")))
+    if best is not None and best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        best_metric = float(best.best_model_score)
     return FinetuneResult(
         train_examples=len(train),
         steps=trainer.global_step,
+        epochs_run=trainer.current_epoch,
         final_train_loss=float(m.get("train_loss", float("nan"))),
         final_task_loss=float(m.get("task_loss", float("nan"))),
         final_lm_loss=float(m.get("lm_loss", float("nan"))),
+        best_dev_metric=best_metric,
     )
 
 
 @torch.no_grad()
 def predict(model: TaskModel, examples: list[EncodedExample], batch_size: int = 64) -> torch.Tensor:
-    """Task logits [N, K] for encoded examples, in order."""
+    """Task logits [N, K] (or [N, 1] scores) for encoded examples, in order."""
     model.eval()
     out = []
     for batch in DataLoader(examples, batch_size=batch_size, collate_fn=collate):
-        logits, _ = model(batch["tokens"], batch["lengths"])
+        logits, _ = model(batch["tokens"], batch["lengths"], with_lm=False)
         out.append(logits.float())
     return torch.cat(out)
 
@@ -154,6 +217,7 @@ def save_task_model(model: TaskModel, out_dir: Path) -> None:
         "task_type": model.task_type,
         "num_outputs": model.num_outputs,
         "clf_dropout": model.clf_dropout.p,
+        "regression": model.regression,
     }
     (out_dir / TASK_MODEL_FILE).write_text(json.dumps(meta, indent=2))
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out_dir / WEIGHTS_FILE)
@@ -162,6 +226,7 @@ def save_task_model(model: TaskModel, out_dir: Path) -> None:
 def load_task_model(model_dir: Path) -> TaskModel:
     """Rebuild a TaskModel written by `save_task_model`."""
     meta = json.loads((model_dir / TASK_MODEL_FILE).read_text())
-    model = TaskModel(GPT(GPTConfig(**meta["gpt"])), meta["task_type"], meta["num_outputs"], meta["clf_dropout"])
+    gpt = GPT(GPTConfig(**meta["gpt"]))
+    model = TaskModel(gpt, meta["task_type"], meta["num_outputs"], meta["clf_dropout"], meta.get("regression", False))
     model.load_state_dict(load_file(model_dir / WEIGHTS_FILE))
     return model

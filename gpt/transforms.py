@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import tiktoken
 import torch
 
-from gpt.benchmarks import Example, TaskType
+from gpt.tasks_spec import Example, TaskType
 from gpt.tokenizer import special_ids
 
 
@@ -16,7 +16,7 @@ class EncodedExample:
     """The token sequences of one example (one per choice/order) and its label."""
 
     sequences: list[list[int]]
-    label: int
+    label: int | float  # a class / answer index, or a regression score
 
 
 def truncate(segments: list[list[int]], budget: int) -> list[list[int]]:
@@ -65,7 +65,7 @@ def encode_examples(
 
 
 def collate(batch: list[EncodedExample]) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence: tokens [B, C, T], lengths [B, C], labels [B]."""
+    """Right-pad to the longest sequence: tokens [B, C, T], lengths [B, C], labels [B] (long, or float scores)."""
     n_choices = len(batch[0].sequences)
     T = max(len(s) for ex in batch for s in ex.sequences)
     tokens = torch.zeros(len(batch), n_choices, T, dtype=torch.long)
@@ -74,5 +74,6 @@ def collate(batch: list[EncodedExample]) -> dict[str, torch.Tensor]:
         for c, seq in enumerate(ex.sequences):
             tokens[b, c, : len(seq)] = torch.tensor(seq)
             lengths[b, c] = len(seq)
-    labels = torch.tensor([ex.label for ex in batch])
+    dtype = torch.float if isinstance(batch[0].label, float) else torch.long
+    labels = torch.tensor([ex.label for ex in batch], dtype=dtype)
     return {"tokens": tokens, "lengths": lengths, "labels": labels}

@@ -1,0 +1,96 @@
+"""The fine-tuning recipe of one task variant: GPT-1's defaults, per-task overrides, ablation switches.
+
+A variant is a task, optionally an ablation (`no_pretraining`: same architecture from random init;
+`no_aux_lm`: λ = 0) and optionally a seed; its name (`sst2`, `sst2-no_pretraining`,
+`sst2-no_aux_lm-seed2`) names the stages `finetune[<variant>]` / `evaluate[<variant>]` and the
+parent-run metrics `<variant>.<metric>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gpt.config import ConfigError, ExperimentConfig, FinetuneConfig
+
+ABLATIONS = {"no_pretraining": {"init": "scratch"}, "no_aux_lm": {"aux_lm_weight": 0.0}}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One fine-tune/evaluate pair of the plan."""
+
+    task: str
+    ablation: str | None = None
+    seed: int | None = None  # None: the experiment's seed
+
+    @property
+    def name(self) -> str:
+        """`task[-ablation][-seedN]`."""
+        return "-".join([self.task, *([self.ablation] if self.ablation else []), *self._seed_part()])
+
+    def _seed_part(self) -> list[str]:
+        return [f"seed{self.seed}"] if self.seed is not None else []
+
+
+def variants(cfg: ExperimentConfig) -> list[Variant]:
+    """Every task × (no ablation + each configured ablation) × each of `finetune.seeds` (or the run's seed)."""
+    seeds: list[int | None] = list(cfg.finetune.seeds) if cfg.finetune.seeds else [None]
+    return [
+        Variant(task, ablation, seed)
+        for task in cfg.finetune.tasks
+        for ablation in [None, *cfg.ablations]
+        for seed in seeds
+    ]
+
+
+def recipe(cfg: ExperimentConfig, variant: Variant) -> FinetuneConfig:
+    """`finetune` with the task's `per_task` overrides and the variant's ablation applied."""
+    ft = cfg.finetune
+    override = ft.per_task.get(variant.task)
+    changes = {k: v for k, v in asdict(override).items() if v is not None} if override else {}
+    changes.update(ABLATIONS[variant.ablation] if variant.ablation else {})
+    return replace(ft, **changes, tasks=[variant.task], seeds=None, per_task={})
+
+
+def finetune_sections(cfg: ExperimentConfig, variant: Variant) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the variant's `finetune` and `evaluate` stage keys hash (and what their compute reads back).
+
+    finetune: the recipe, the task (with its definition when custom), the seed, and the architecture
+    when it starts from scratch; evaluate: the task and how its dev/test examples are capped and cut.
+    """
+    r = asdict(recipe(cfg, variant))
+    for k in ("tasks", "seeds", "per_task"):
+        r.pop(k)
+    custom = cfg.tasks.get(variant.task)
+    task = {"task": variant.task, "task_config": asdict(custom) if custom else None}
+    ft = {**task, "recipe": r, "seed": cfg.seed if variant.seed is None else variant.seed}
+    if r["init"] == "scratch":
+        ft["model"] = asdict(cfg.model)
+    ev = {**task, "max_examples": r["max_examples"], "max_len": r["max_len"], "data_seed": cfg.seed}
+    return ft, ev
+
+
+def check_task_inputs(cfg: ExperimentConfig) -> None:
+    """Before compute: every task name known, per-task overrides name a task that runs, `finetune.init`
+    exists, and custom tasks' local files have the configured columns and labels.
+
+    Raises ConfigError naming the key, or TaskDataError naming the file and column.
+    """
+    from gpt.benchmarks import get_task
+    from gpt.custom_tasks import check_custom_task
+
+    for i, name in enumerate(cfg.finetune.tasks):
+        try:
+            get_task(name, cfg.tasks)
+        except KeyError as e:
+            raise ConfigError(f"config key 'finetune.tasks[{i}]': {e.args[0]}") from None
+        if name in cfg.tasks:
+            check_custom_task(name, cfg.tasks[name])
+    for name in cfg.finetune.per_task:
+        if name not in cfg.finetune.tasks:
+            raise ConfigError(f"config key 'finetune.per_task.{name}': {name!r} is not in finetune.tasks")
+    init = cfg.finetune.init
+    if init not in ("pretrained", "scratch") and not Path(init).expanduser().is_dir():
+        raise ConfigError(f"config key 'finetune.init' must be pretrained | scratch | a model directory, got {init!r}")
