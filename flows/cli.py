@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
 from flows.workspace import Workspace
-from gpt.config import ConfigError, ExperimentConfig, load_config
-from gpt.sources import SourceError
+from gpt.config import ExperimentConfig, load_config
 
 
 def _csv(value: str) -> list[str]:
@@ -36,15 +36,20 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--workspace", help="workspace directory (default: $GPTFLOW_HOME or ./workspace)")
 
+    def selection(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--only", type=_csv, help="run only these stages, e.g. finetune,evaluate")
+        sp.add_argument("--from", dest="from_stage", help="recompute this stage and everything after it")
+        sp.add_argument("--force", type=_csv, help="recompute these stages and everything downstream of them")
+
     run = sub.add_parser("run", help="run the pipeline (finished stages are reused from cache)")
     common(run)
-    run.add_argument("--only", type=_csv, help="run only these stages, e.g. finetune,evaluate")
-    run.add_argument("--from", dest="from_stage", help="recompute this stage and everything after it")
-    run.add_argument("--force", type=_csv, help="recompute these stages and everything downstream of them")
+    selection(run)
     run.add_argument("--experiment", help="MLflow experiment name (overrides the config's `experiment`)")
 
-    stages = sub.add_parser("stages", help="show each stage's key, status and artifact dir (starts nothing)")
+    stages = sub.add_parser("stages", help="dry run: each stage's key, status and why (starts nothing)")
     common(stages)
+    selection(stages)
+    stages.add_argument("--verify", action="store_true", help="also re-hash finished stages' files (sha256)")
 
     report = sub.add_parser("report", help="write the Markdown report of a pipeline run")
     report.add_argument("run_id")
@@ -64,18 +69,38 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, overrides)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM → KeyboardInterrupt, so the pipeline closes its MLflow runs as KILLED on the way out."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
-    """Validate everything cheap first, then start the Prefect flow."""
-    from tasks.plan import build_plan, check_inputs, select
+    """Validate everything cheap first, then start the Prefect flow on a temporary API tied to this process."""
+    from tasks.plan import build_plan, check_inputs, check_stages, select
+    from tasks.stage import StageError
 
     cfg = _load(args)
     check_inputs(cfg)
-    select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force)
+    plan = build_plan(cfg, ws.artifacts)
+    check_stages(plan, *select(plan, args.only, args.from_stage, args.force))
+    ws.check_tracking()
+    from flows.api_server import prefect_api
     from flows.pipeline import pipeline
+    from tasks.runner import BAD_INPUT
 
-    result = pipeline(
-        config=cfg.to_dict(), workspace=str(ws.root), only=args.only, from_stage=args.from_stage, force=args.force
-    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    with prefect_api():
+        state = pipeline(
+            config=cfg.to_dict(),
+            workspace=str(ws.root),
+            only=args.only,
+            from_stage=args.from_stage,
+            force=args.force,
+            return_state=True,
+        )
+    if state.name == BAD_INPUT:
+        raise StageError(state.message)
+    result = state.result()
     print(f"\nMLflow run {result['run_id']} (experiment '{cfg.experiment}', store {ws.tracking_uri})")
     for name, outcome in result["stages"].items():
         print(f"  {name:<24} {outcome}")
@@ -84,13 +109,15 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
-    """Print the plan: stage, key, done or to run, directory."""
-    from tasks.plan import build_plan
+    """Print what `run` would do: stage, key, status and why; reads the workspace, starts nothing."""
+    from tasks.plan import build_plan, describe, select
 
     cfg = _load(args)
-    for stage in build_plan(cfg, ws.artifacts):
-        status = "done" if stage.is_done() else ("partial" if stage.partial_dir.exists() else "to run")
-        print(f"{stage.name:<24} {stage.key}  {status:<8} {stage.dir}")
+    plan = build_plan(cfg, ws.artifacts)
+    selected, forced = select(plan, args.only, args.from_stage, args.force)
+    for row in describe(plan, selected, forced, deep=args.verify):
+        print(f"{row['stage']:<24} {row['key']}  {row['status']:<8} {row['why']}")
+    print(f"artifacts: {ws.artifacts}")
     return 0
 
 
@@ -124,13 +151,21 @@ COMMANDS = {"run": cmd_run, "stages": cmd_stages, "report": cmd_report, "ui": cm
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; config and input errors exit with code 2 and one line, no traceback."""
+    from tasks.stage import user_error
+
     args = _parser().parse_args(argv)
-    ws = Workspace.resolve(args.workspace)
-    ws.configure_environment()
     try:
+        ws = Workspace.resolve(args.workspace)
+        ws.configure_environment()
         return COMMANDS[args.command](args, ws)
-    except (ConfigError, SourceError) as e:
-        print(f"gptflow: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"gptflow: interrupted ({e or 'SIGINT'}); rerun the same command to continue", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise  # a bug: keep the traceback
+        print(f"gptflow: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -9,12 +9,13 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from flows.workspace import Workspace
 from gpt.config import ExperimentConfig, from_dict
 from tasks.plan import build_plan, select
 from tasks.report import REPORT_FILE
-from tasks.runner import stage_task
+from tasks.runner import BAD_INPUT, stage_task
 from tasks.tracking import Tracker, git_commit
 
 
@@ -25,8 +26,12 @@ def pipeline(
     only: list[str] | None = None,
     from_stage: str | None = None,
     force: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run the pipeline for a resolved config; returns the MLflow parent run id and per-stage outcome."""
+) -> dict[str, Any] | State:
+    """Run the pipeline for a resolved config; returns the MLflow parent run id and per-stage outcome.
+
+    A stage that fails on bad input ends the flow in a `Failed` state named `BadInput` whose
+    message is one line naming the stage and the culprit.
+    """
     # Lightning prints through its own handler; without this Prefect's root handler repeats every line.
     logging.getLogger("lightning.pytorch").propagate = False
     cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
@@ -36,20 +41,28 @@ def pipeline(
     by_name = {s.name: s for s in plan}
     tracker = Tracker(ws.tracking_uri, cfg.experiment, ws.artifact_location)
     tags = {"config_hash": cfg.digest(), "git_commit": git_commit(), "prefect_flow_run_id": str(flow_run.id)}
+    resumed = [r for r in tracker.close_orphans() if r.data.tags.get("config_hash") == tags["config_hash"]]
+    if resumed:  # the latest killed run of this config: this run continues its work
+        tags["resumes"] = max(resumed, key=lambda r: r.info.start_time).info.run_id
     parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), tags)
     outcome: dict[str, str] = {}
     status = "FAILED"
     try:
         for stage in selected:
-            if stage.name in forced:
-                stage.clear()
             child = tracker.start_child(stage)
             try:
                 inputs = {u: by_name[u].dir for u in stage.upstream}
-                state = stage_task(stage, refresh=not stage.is_done())(
-                    stage, cfg, inputs, child, ws.tracking_uri, ws.downloads, return_state=True
+                forced_now = stage.name in forced
+                state = stage_task(stage, refresh=forced_now or not stage.is_done())(
+                    stage, cfg, inputs, child, ws.tracking_uri, ws.downloads, forced_now, return_state=True
                 )
+                if state.name == BAD_INPUT:
+                    tracker.fail(child, state.message)
+                    return Failed(name=BAD_INPUT, message=f"stage '{stage.name}': {state.message}")
                 result = state.result()
+            except (KeyboardInterrupt, SystemExit) as e:
+                tracker.fail(child, e, "KILLED")
+                raise
             except BaseException as e:
                 tracker.fail(child, e)
                 raise
@@ -64,7 +77,7 @@ def pipeline(
             tracker.log_artifacts(parent, [report])
             create_markdown_artifact(report.read_text(), key="gptflow-report", description="gptflow run report")
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:

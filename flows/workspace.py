@@ -35,6 +35,23 @@ class Workspace:
         """Local artifact root for new experiments; a remote tracking server decides its own."""
         return None if os.environ.get("MLFLOW_TRACKING_URI") else (self.root / "mlartifacts").as_uri()
 
+    def check_tracking(self) -> None:
+        """Fail fast, with one line, when MLFLOW_TRACKING_URI names a server that does not answer.
+
+        MLflow's own client would retry for minutes before giving up.
+        """
+        uri = self.tracking_uri
+        if not uri.startswith(("http://", "https://")):
+            return
+        import httpx
+
+        from gpt.config import ConfigError
+
+        try:
+            httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except httpx.HTTPError as e:
+            raise ConfigError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable: {e}") from None
+
     def configure_environment(self) -> None:
         """Keep Prefect, MLflow and torch state inside the workspace, quiet and offline-friendly.
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from gpt.benchmarks import get_task
 from gpt.config import ConfigError, ExperimentConfig
 from gpt.corpus import check_corpus_sources
 from gpt.sources import SourceError
-from tasks.stage import Stage
+from gpt.tasks_recipe import check_task_inputs, finetune_sections, variants
+from tasks.stage import RESUMABLE, Stage, StageError, why_stale
 
 # Bump a stage's version when its code changes what it writes; its key and all downstream keys change.
 VERSIONS = {
     "corpus": "2",
     "tokenizer": "2",
     "encode": "2",
-    "pretrain": "1",
-    "finetune": "1",
-    "evaluate": "1",
+    "pretrain": "2",
+    "finetune": "2",
+    "evaluate": "2",
     "report": "1",
 }
 STAGE_KINDS = tuple(VERSIONS)
@@ -43,16 +43,11 @@ def build_plan(cfg: ExperimentConfig, artifacts_root: Path) -> list[Stage]:
         {"model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain), "seed": cfg.seed},
         ["encode", "tokenizer"],
     )
-    ft = {k: v for k, v in asdict(cfg.finetune).items() if k != "tasks"}
-    for task in cfg.finetune.tasks:
-        add(f"finetune[{task}]", "finetune", {**ft, "task": task, "seed": cfg.seed}, ["pretrain", "tokenizer"], task)
-        add(
-            f"evaluate[{task}]",
-            "evaluate",
-            {"task": task, "max_examples": cfg.finetune.max_examples, "max_len": cfg.finetune.max_len},
-            [f"finetune[{task}]", "tokenizer"],
-            task,
-        )
+    for variant in variants(cfg):  # each task, its ablations (`ablations:`) and seeds (`finetune.seeds`)
+        ft, ev = finetune_sections(cfg, variant)
+        ft_upstream = ["pretrain", "tokenizer"] if ft["recipe"]["init"] == "pretrained" else ["tokenizer"]
+        add(f"finetune[{variant.name}]", "finetune", ft, ft_upstream, variant.name)
+        add(f"evaluate[{variant.name}]", "evaluate", ev, [f"finetune[{variant.name}]", "tokenizer"], variant.name)
     add("report", "report", {}, list(stages))
     return list(stages.values())
 
@@ -63,11 +58,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
         check_corpus_sources(cfg.corpus)
     except SourceError as e:
         raise ConfigError(str(e)) from None
-    for i, name in enumerate(cfg.finetune.tasks):
-        try:
-            get_task(name)
-        except KeyError as e:
-            raise ConfigError(f"config key 'finetune.tasks[{i}]': {e.args[0]}") from None
+    check_task_inputs(cfg)
 
 
 def _matches(stage: Stage, selector: str) -> bool:
@@ -113,7 +104,50 @@ def select(
         for up in stage.upstream:
             if up not in chosen and not by_name[up].is_done():
                 raise ConfigError(
-                    f"stage '{stage.name}' needs '{up}', which is not done and not selected; "
+                    f"stage '{stage.name}' needs '{up}', which is not done ({by_name[up].status()}) and not selected; "
                     f"run it too (e.g. drop --only/--from)"
                 )
     return selected, forced
+
+
+def check_stages(plan: list[Stage], selected: list[Stage], forced: set[str]) -> None:
+    """Refuse to run on top of a corrupt stage directory (files missing or resized since its manifest).
+
+    Nothing is deleted: the message names the directory and the `--force` that rebuilds it.
+    """
+    for stage in selected:
+        if stage.name not in forced and stage.status() == "corrupt":
+            raise StageError(
+                f"stage '{stage.name}' output {stage.dir} is corrupt: {stage.verify()[0]}; "
+                f"rebuild it with --force {stage.name}"
+            )
+
+
+def describe(plan: list[Stage], selected: list[Stage], forced: set[str], deep: bool = False) -> list[dict[str, str]]:
+    """What `gptflow run` would do with each stage, and why: a dry run that reads only the workspace.
+
+    status: done (reused) | to run | stale (done before for other inputs) | partial (a killed
+    run's directory) | corrupt (files differ from the manifest) | skipped (not selected).
+    """
+    chosen = {s.name for s in selected}
+    rows = []
+    for stage in plan:
+        status = stage.status()
+        if status == "done" and deep and stage.verify(deep=True):
+            status = "corrupt"
+        if status == "corrupt":
+            why = f"{stage.verify(deep=deep)[0]}; rebuild with --force {stage.name}"
+        elif stage.name not in chosen:
+            status, why = "skipped", "not selected by --only/--from"
+        elif stage.name in forced:
+            status, why = "to run", "forced by --force/--from"
+        elif status == "done":
+            why = "reused"
+        elif status == "partial":
+            why = "resumes from its checkpoint" if stage.kind in RESUMABLE else "a killed run's leftovers; restarts"
+        else:
+            why = why_stale(stage)
+            if stage.last_completed() is not None and why != "its directory was removed":
+                status = "stale"
+        rows.append({"stage": stage.name, "key": stage.key, "status": status, "why": why, "dir": str(stage.dir)})
+    return rows

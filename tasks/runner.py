@@ -1,4 +1,11 @@
-"""The Prefect task that runs one stage: cache key = stage key, output = the stage directory path."""
+"""The Prefect task that runs one stage: cache key = stage key, output = the stage directory path.
+
+Every computation of a key happens under that key's flock (tasks/locks.py): a second process
+asking for the same stage waits, then finds it done and reuses it. A bad-input error (bad config
+or data, disk full) ends the task in a `Failed` state named `BadInput` carrying one line,
+without a traceback and without retries; anything else is raised (a traceback, and a retry for
+stages that fetch from the network).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,17 @@ from typing import Any
 
 from prefect import task
 from prefect.context import TaskRunContext
+from prefect.logging import get_run_logger
+from prefect.states import Failed, State
 
-from tasks.stage import Stage, StageContext, commit
+from tasks.locks import stage_lock
+from tasks.stage import Stage, StageContext, StageError, commit, user_error, verify_dir
 
 # Each stage's code lives in tasks/<kind>.py; it is imported only when the stage really runs, so a
 # fully cached rerun never imports torch, Lightning or torchmetrics (seconds on this machine).
 # Stages that fetch from the network get retries; training stages resume from checkpoints instead.
 RETRIES = {"corpus": 2, "tokenizer": 2}
+BAD_INPUT = "BadInput"
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -23,18 +34,63 @@ def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"gptflow-{stage.kind}-{stage.key}"
 
 
-@task(cache_key_fn=stage_cache_key, persist_result=True, retry_delay_seconds=[2, 10])
-def run_stage(
-    stage: Stage, cfg: Any, inputs: dict[str, Path], run_id: str | None, tracking_uri: str | None, cache_dir: Path
+def _retryable(task: Any, task_run: Any, state: State) -> bool:
+    """Retry crashes and network errors, never bad input."""
+    return state.name != BAD_INPUT
+
+
+def check_inputs_intact(inputs: dict[str, Path]) -> None:
+    """Re-hash the upstream files a computing stage is about to read; raise StageError naming a bad one."""
+    for name, path in inputs.items():
+        problems = verify_dir(path, deep=True)
+        if problems:
+            raise StageError(f"stage '{name}' output {path} is corrupt: {problems[0]}; rebuild it with --force {name}")
+
+
+def _compute(
+    stage: Stage,
+    cfg: Any,
+    inputs: dict[str, Path],
+    run_id: str | None,
+    tracking_uri: str | None,
+    cache_dir: Path,
+    force: bool,
 ) -> dict[str, Any]:
+    with stage_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
+        if force:
+            stage.clear()
+        if stage.is_done():  # done before we asked, or by the run we waited for
+            return {"dir": str(stage.dir), "computed": False, "artifacts": []}
+        if stage.dir.exists():
+            raise StageError(
+                f"stage '{stage.name}' output {stage.dir} is corrupt: {stage.verify()[0]}; "
+                f"rebuild it with --force {stage.name}"
+            )
+        check_inputs_intact(inputs)
+        ctx = StageContext(stage, cfg, inputs, stage.prepare_partial(), run_id, tracking_uri, cache_dir)
+        out = importlib.import_module(f"tasks.{stage.kind}").compute(ctx)
+        commit(stage, out.summary, out.info, run_id)
+        return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
+
+
+@task(cache_key_fn=stage_cache_key, persist_result=True, retry_delay_seconds=[2, 10], retry_condition_fn=_retryable)
+def run_stage(
+    stage: Stage,
+    cfg: Any,
+    inputs: dict[str, Path],
+    run_id: str | None,
+    tracking_uri: str | None,
+    cache_dir: Path,
+    force: bool = False,
+) -> dict[str, Any] | State:
     """Compute one stage into its partial dir and commit it; a complete dir is returned as is."""
-    if stage.is_done():
-        return {"dir": str(stage.dir), "computed": False, "artifacts": []}
-    stage.partial_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(stage, cfg, inputs, stage.partial_dir, run_id, tracking_uri, cache_dir)
-    out = importlib.import_module(f"tasks.{stage.kind}").compute(ctx)
-    commit(stage, out.summary, out.info, run_id)
-    return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
+    try:
+        return _compute(stage, cfg, inputs, run_id, tracking_uri, cache_dir, force)
+    except Exception as e:
+        message = user_error(e)
+        if message is None or getattr(e, "transient", False):
+            raise
+        return Failed(name=BAD_INPUT, message=message)
 
 
 def stage_task(stage: Stage, refresh: bool):

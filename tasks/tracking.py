@@ -7,6 +7,8 @@ Lightning's MLFlowLogger, Prefect task threads and the flow all write to the rig
 from __future__ import annotations
 
 import math
+import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +37,37 @@ def _finite(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks (Linux /proc), to tell a live pid from a reused one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_tags() -> dict[str, str]:
+    """Who is running this pipeline: host, pid and the pid's start time."""
+    return {
+        "gptflow.host": socket.gethostname(),
+        "gptflow.pid": str(os.getpid()),
+        "gptflow.pid_start": _start_ticks(os.getpid()) or "",
+    }
+
+
+def _owner_alive(tags: dict[str, str]) -> bool:
+    """Whether the process recorded in `owner_tags` still runs (only decidable on the same host)."""
+    if tags.get("gptflow.host") != socket.gethostname() or not tags.get("gptflow.pid", "").isdigit():
+        return True
+    pid = int(tags["gptflow.pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _start_ticks(pid) == (tags.get("gptflow.pid_start") or _start_ticks(pid))
+
+
 class Tracker:
     """Creates and closes the parent and child runs of one `gptflow run`."""
 
@@ -48,9 +81,30 @@ class Tracker:
             self.experiment_id = found.experiment_id
         self.parent_id: str | None = None
 
+    def close_orphans(self) -> list[Any]:
+        """Mark RUNNING pipeline and stage runs whose process is gone (SIGKILL, power loss) as FAILED.
+
+        Returns the orphaned parent runs, so the new run can link to the one it resumes.
+        """
+        host = socket.gethostname().replace("'", "")
+        experiment_ids = [e.experiment_id for e in self.client.search_experiments()]
+        running = self.client.search_runs(
+            experiment_ids, filter_string=f"attributes.status = 'RUNNING' and tags.`gptflow.host` = '{host}'"
+        )
+        parents = []
+        for run in running:
+            if _owner_alive(run.data.tags):
+                continue
+            self.client.set_tag(run.info.run_id, "gptflow.ended_by", f"process {run.data.tags['gptflow.pid']} is gone")
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            if run.data.tags.get("gptflow.kind") == "pipeline":
+                parents.append(run)
+        return parents
+
     def start_parent(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
         """The run that stands for the whole pipeline: flattened config as params."""
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "gptflow.kind": "pipeline"})
+        tags = {**tags, **owner_tags(), "gptflow.kind": "pipeline"}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_id = run.info.run_id
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -66,6 +120,7 @@ class Tracker:
             "stage_kind": stage.kind,
             "cache_key": stage.key,
             "gptflow.kind": "stage",
+            **owner_tags(),
         }
         if stage.task:
             tags["task"] = stage.task
@@ -84,10 +139,10 @@ class Tracker:
         self.log_metrics(self.parent_id, {f"{prefix}.{k}": v for k, v in summary.items()})
         self.client.set_terminated(run_id, "FINISHED")
 
-    def fail(self, run_id: str, error: BaseException) -> None:
-        """Close a run as FAILED, keeping the error message as a tag."""
-        self.client.set_tag(run_id, "error", str(error)[:5000])
-        self.client.set_terminated(run_id, "FAILED")
+    def fail(self, run_id: str, error: BaseException | str, status: str = "FAILED") -> None:
+        """Close a run as FAILED (or KILLED), keeping the error message as a tag."""
+        self.client.set_tag(run_id, "error", (str(error) or type(error).__name__)[:5000])
+        self.client.set_terminated(run_id, status)
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:
         """Log several metrics at one step in one call."""

@@ -46,6 +46,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, yaml_text, sets, needle):
 def test_stages_shows_the_plan(tmp_path):
     proc = gptflow("stages", "--config", str(ROOT / "configs/micro.yaml"), "--workspace", str(tmp_path), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    lines = proc.stdout.splitlines()[:-1]  # the last line names the artifacts directory
+    names = [line.split()[0] for line in lines]
     assert names[:4] == ["corpus", "tokenizer", "encode", "pretrain"] and names[-1] == "report"
-    assert all("to run" in line for line in proc.stdout.splitlines())
+    assert all("to run" in line and "never completed" in line for line in lines)
+    assert not (tmp_path / "prefect").exists()  # a dry run: Prefect never started

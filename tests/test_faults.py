@@ -1,0 +1,178 @@
+"""Stage directories, locks and run bookkeeping survive kills, leftovers and tampering (fast unit tests)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gpt.config import ConfigError, load_config
+from tasks.locks import stage_lock
+from tasks.plan import build_plan, check_stages, describe, select
+from tasks.stage import StageError, commit, user_error, verify_dir, why_stale
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan_for(tmp_path: Path, *overrides: str):
+    return {s.name: s for s in build_plan(load_config(None, list(overrides)), tmp_path)}
+
+
+def complete(stage, files: dict[str, bytes]) -> dict:
+    out = stage.prepare_partial()
+    for rel, data in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    return commit(stage, {"n": 1.0}, {}, "run-1")
+
+
+def test_commit_records_hash_and_size_and_renames_atomically(tmp_path):
+    corpus = plan_for(tmp_path)["corpus"]
+    manifest = complete(corpus, {"corpus.jsonl": b"abc", "sub/x.bin": b"\0" * 10})
+    assert not corpus.partial_dir.exists() and corpus.is_done() and corpus.status() == "done"
+    assert manifest["files"]["sub/x.bin"]["bytes"] == 10
+    assert manifest["files"]["corpus.jsonl"]["sha256"].startswith("ba7816bf")  # sha256("abc")
+    assert json.loads(corpus.latest_path.read_text())["key"] == corpus.key
+
+
+def test_verify_catches_missing_resized_and_same_size_changes(tmp_path):
+    corpus = plan_for(tmp_path)["corpus"]
+    complete(corpus, {"corpus.jsonl": b"abc", "other.txt": b"xyz"})
+    (corpus.dir / "corpus.jsonl").write_bytes(b"abd")  # same size: only sha256 sees it
+    assert corpus.is_done() and corpus.verify() == []
+    assert corpus.verify(deep=True) == ["corpus.jsonl does not match its sha256 in manifest.json"]
+    (corpus.dir / "other.txt").write_bytes(b"xy")
+    assert corpus.status() == "corrupt" and "other.txt has 2 bytes" in corpus.verify()[0]
+    (corpus.dir / "other.txt").unlink()
+    assert corpus.verify() == ["other.txt is missing"]
+
+
+def test_corrupt_stage_is_refused_before_compute_and_force_rebuilds(tmp_path):
+    stages = plan_for(tmp_path)
+    complete(stages["corpus"], {"corpus.jsonl": b"abc"})
+    (stages["corpus"].dir / "corpus.jsonl").write_bytes(b"")
+    plan = list(stages.values())
+    with pytest.raises(
+        StageError, match=r"stage 'corpus' output .* is corrupt: corpus.jsonl has 0 bytes.*--force corpus"
+    ):
+        check_stages(plan, *select(plan, None, None, None))
+    check_stages(plan, *select(plan, None, None, ["corpus"]))  # forced: it will be rebuilt
+    assert (stages["corpus"].dir / "corpus.jsonl").exists()  # refusing deleted nothing
+
+
+def test_stage_dir_from_another_config_is_not_done(tmp_path):
+    a = plan_for(tmp_path, "corpus.max_bytes=1000")["corpus"]
+    b = plan_for(tmp_path, "corpus.max_bytes=2000")["corpus"]
+    complete(a, {"corpus.jsonl": b"abc"})
+    os.rename(a.dir, b.dir)  # someone copies A's output under B's key
+    assert not b.is_done() and "belongs to key" in verify_dir(b.dir)[0]
+
+
+def test_stale_partial_dir_is_cleared_for_data_stages_and_kept_for_training(tmp_path):
+    stages = plan_for(tmp_path)
+    for name in ("corpus", "pretrain"):
+        stages[name].partial_dir.mkdir(parents=True)
+        (stages[name].partial_dir / "leftover").write_text("x")
+    assert not (stages["corpus"].prepare_partial() / "leftover").exists()
+    assert (stages["pretrain"].prepare_partial() / "leftover").exists()  # checkpoints to resume from
+
+
+def test_stages_says_why(tmp_path):
+    stages = plan_for(tmp_path, "finetune.tasks=[sst2]")
+    for s in stages.values():
+        complete(s, {"out.txt": s.name.encode()})
+    changed = plan_for(tmp_path, "finetune.tasks=[sst2]", "finetune.lr=0.5")
+    plan = list(changed.values())
+    rows = {r["stage"]: r for r in describe(plan, *select(plan, None, None, None))}
+    assert rows["pretrain"]["status"] == "done"
+    assert rows["finetune[sst2]"]["status"] == "stale" and "lr: 6.25e-05 -> 0.5" in rows["finetune[sst2]"]["why"]
+    assert rows["evaluate[sst2]"]["why"].startswith("upstream finetune[sst2] changed")
+    forced = {r["stage"]: r for r in describe(plan, *select(plan, None, None, ["pretrain"]))}
+    assert forced["pretrain"]["status"] == "to run" and "forced" in forced["pretrain"]["why"]
+    assert forced["encode"]["status"] == "done"
+    assert why_stale(plan_for(tmp_path / "other")["corpus"]) == "never completed"
+
+
+def test_flock_is_released_when_its_holder_is_sigkilled(tmp_path):
+    lock = tmp_path / "k.lock"
+    script = (
+        "import pathlib, time\n"
+        "from tasks.locks import stage_lock\n"
+        f"with stage_lock(pathlib.Path({str(lock)!r})):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    waited = []
+    holder_pid = holder.pid
+    t0 = time.monotonic()
+
+    def kill_holder() -> None:
+        waited.append(True)
+        os.kill(holder_pid, signal.SIGKILL)
+
+    with stage_lock(lock, on_wait=kill_holder):
+        pass
+    holder.wait()
+    assert waited == [True] and time.monotonic() - t0 < 10
+
+
+def test_user_errors_are_one_liners_and_bugs_are_not():
+    assert user_error(ConfigError("config key 'x'")) == "config key 'x'"
+    assert user_error(OSError(28, "No space left on device", "/ws/a")) == "No space left on device: /ws/a"
+    assert user_error(PermissionError(13, "Permission denied", "/ro")) == "Permission denied: /ro"
+    assert user_error(KeyError("bug")) is None and user_error(ValueError("bug")) is None
+
+
+def test_server_child_dies_with_its_parent(tmp_path):
+    """PR_SET_PDEATHSIG: the Prefect API server never outlives a SIGKILLed gptflow."""
+    script = (
+        "import os, subprocess, time\n"
+        "from flows.api_server import _die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '60'], preexec_fn=_die_with_parent(os.getpid()))\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":  # dead, waiting for init to reap it
+            break
+        time.sleep(0.05)
+    else:
+        assert not Path(f"/proc/{child}").exists()
+
+
+def test_orphaned_runs_are_closed_and_linked(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import Tracker, owner_tags
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", (tmp_path / "art").as_uri())
+    client: MlflowClient = tracker.client
+    mine = owner_tags()
+    gone = {**mine, "gptflow.pid": str(dead.pid), "gptflow.pid_start": "1"}
+    orphan = client.create_run(tracker.experiment_id, tags={**gone, "gptflow.kind": "pipeline"}).info.run_id
+    child = client.create_run(tracker.experiment_id, tags={**gone, "mlflow.parentRunId": orphan}).info.run_id
+    alive = client.create_run(tracker.experiment_id, tags={**mine, "gptflow.kind": "pipeline"}).info.run_id
+    closed = tracker.close_orphans()
+    assert [r.info.run_id for r in closed] == [orphan]
+    assert client.get_run(orphan).info.status == "FAILED" and client.get_run(child).info.status == "FAILED"
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert "is gone" in client.get_run(orphan).data.tags["gptflow.ended_by"]
