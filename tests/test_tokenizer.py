@@ -1,8 +1,12 @@
 import shutil
 
+import numpy as np
 import tiktoken
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
+from gpt.shards import encode_documents
 from gpt.sources import CATALOG, fetch, mirror_dir
 from gpt.tokenizer import (
     EOT,
@@ -64,3 +68,27 @@ def test_gpt2_ranks_match_tiktoken_gpt2(tmp_path, monkeypatch):
     text = "Hello world!  It's a test of GPT-2's BPE,\n\n with   spaces and ünïcödé 12345."
     assert ours.encode_ordinary(text) == reference.encode_ordinary(text)
     assert ours.encode_single_token(EOT) == reference.eot_token == 50256
+
+
+def test_training_writes_byte_identical_rank_files(tmp_path):
+    for name in ("a", "b"):
+        ranks = train_bpe(TEXT * 3, 400)
+        save_tokenizer(build_encoding(ranks, SPLIT_PATTERN), ranks, tmp_path / name)
+    for f in ("tokenizer.tiktoken", "tokenizer.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+ROUNDTRIP_ENC = build_encoding(train_bpe(TEXT + ["naïve café 東京 🙂 \u0301\t\r\n"], 320), SPLIT_PATTERN)
+
+
+@settings(max_examples=300, deadline=None, database=None)  # no .hypothesis/ in the checkout
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=200))
+def test_roundtrip_arbitrary_unicode_never_produces_specials(text):
+    ids = ROUNDTRIP_ENC.encode_ordinary(text)
+    assert ROUNDTRIP_ENC.decode(ids) == text
+    batch = encode_documents(ROUNDTRIP_ENC, [text, text + EOT], "uint16")  # the encode stage's path
+    tokens = np.frombuffer(batch.data, dtype=np.uint16).tolist()
+    specials = set(special_ids(ROUNDTRIP_ENC).values())
+    assert tokens[: len(ids)] == ids and tokens[len(ids)] == ROUNDTRIP_ENC.eot_token
+    assert not specials & set(tokens[: len(ids)] + tokens[len(ids) + 1 : -1])  # literal "<|endoftext|>" is text
+    assert ROUNDTRIP_ENC.decode(tokens[len(ids) + 1 : -1]) == text + EOT

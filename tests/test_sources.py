@@ -1,0 +1,143 @@
+"""Corpus source kinds (parquet, jsonl, hf mirror/offline), weighted mixtures and cleaning options."""
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gpt.config import ConfigError, load_config
+from gpt.corpus import Cleaning, build_corpus, check_corpus_sources, mix, normalise_whitespace, read_documents
+from gpt.sources import SourceError, check_source
+
+
+def write_parquet(path, texts, column="text"):
+    pq.write_table(pa.table({column: texts, "id": list(range(len(texts)))}), path)
+
+
+def corpus(tmp_path, sources, **kw):
+    out = tmp_path / "out.jsonl"
+    stats = build_corpus(sources, out, tmp_path / "dl", **kw)
+    return stats, list(read_documents(out))
+
+
+def test_parquet_source_reads_the_text_column(tmp_path):
+    write_parquet(tmp_path / "a.parquet", ["first doc", None, "second doc"])
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.parquet"))
+    assert docs == ["first doc", "second doc"] and stats.documents == 2
+
+
+def test_parquet_without_text_column_names_file_and_columns(tmp_path):
+    write_parquet(tmp_path / "a.parquet", ["x"], column="content")
+    with pytest.raises(SourceError, match=r"a\.parquet: no 'text' column \(columns: content, id\)"):
+        corpus(tmp_path, str(tmp_path / "a.parquet"))
+
+
+def test_jsonl_gz_streams_lines_and_counts_bad_bytes(tmp_path):
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
+        f.write(b'{"text": "caf\xc3\xa9"}\n\n{"text": "bad \xff byte"}\n')
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.jsonl.gz"))
+    assert docs == ["café", "bad \ufffd byte"] and stats.bad_bytes_replaced == 1
+
+
+def test_jsonl_line_without_text_is_named(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(SourceError, match=r"a\.jsonl:2: expected a JSON object with a string 'text' field"):
+        corpus(tmp_path, str(tmp_path / "a.jsonl"))
+
+
+def test_glob_source(tmp_path):
+    for name in ("b.txt", "a.txt", "c.md"):
+        (tmp_path / name).write_text(name)
+    _, docs = corpus(tmp_path, str(tmp_path / "*.txt"))
+    assert docs == ["a.txt", "b.txt"]
+
+
+def test_exact_duplicates_are_dropped_after_cleaning(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["x\r\n", "x\n", "y", "x\n"]))
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.jsonl"))
+    assert docs == ["x\n", "y"] and stats.duplicates_dropped == 2
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.jsonl"), cleaning=Cleaning(dedup=False))
+    assert len(docs) == 4 and stats.duplicates_dropped == 0
+
+
+def test_cleaning_options(tmp_path):
+    raw = "The Mona Lisa doesnÃ¢â‚¬â„¢t smile.\u00a0 \n\n\n\nSECOND   paragraph\t\n"
+    (tmp_path / "a.txt").write_text(raw)
+    opts = Cleaning(fix_unicode=True, normalize_whitespace=True, lowercase=True)
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.txt"), cleaning=opts)
+    assert docs == ["the mona lisa doesn't smile.\n\nsecond   paragraph"]
+    assert stats.unicode_fixed == 1
+    _, plain = corpus(tmp_path, str(tmp_path / "a.txt"))
+    assert plain == [raw]  # all off by default except Gutenberg stripping and dedup
+
+
+def test_normalise_whitespace():
+    assert normalise_whitespace("\n a\u3000b \t\n\n\n\nc  \n") == "a b\n\nc"
+
+
+def test_weighted_mixture_follows_byte_shares(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"a{i:03d}" * 10}) + "\n" for i in range(100)))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"b{i:03d}" * 10}) + "\n" for i in range(100)))
+    stats, docs = corpus(tmp_path, [(str(tmp_path / "a.jsonl"), 3.0), (str(tmp_path / "b.jsonl"), 1.0)])
+    # a runs out first (first_exhausted): all 100 of a, about a third as many bytes of b
+    assert stats.source_bytes[str(tmp_path / "a.jsonl")] == 100 * 40
+    assert abs(stats.source_bytes[str(tmp_path / "b.jsonl")] - 100 * 40 / 3) <= 40
+    assert docs[:4] == ["a000" * 10, "b000" * 10, "a001" * 10, "a002" * 10]  # interleaved, not concatenated
+    again = corpus(tmp_path, [(str(tmp_path / "a.jsonl"), 3.0), (str(tmp_path / "b.jsonl"), 1.0)])[1]
+    assert again == docs
+
+
+def test_mix_stops_at_first_exhausted_stream():
+    out = list(mix([iter(["aa", "aa"]), iter(["b"] * 10)], [1.0, 1.0]))
+    assert [t for _, t in out] == ["aa", "b", "b", "aa", "b", "b"]
+
+
+def test_mixture_dedups_across_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("same text")
+    (tmp_path / "b.txt").write_text("same text")
+    stats, docs = corpus(tmp_path, [(str(tmp_path / "a.txt"), 1.0), (str(tmp_path / "b.txt"), 1.0)])
+    assert docs == ["same text"] and stats.duplicates_dropped == 1
+
+
+def test_sources_config_is_validated_with_key_paths(tmp_path):
+    (tmp_path / "a.txt").write_text("x")
+    cfg = load_config(None, [f"corpus.sources=[{{source: {tmp_path}/a.txt, weight: 2}}, {{source: tinyshakespeare}}]"])
+    assert [(s.source, s.weight) for s in cfg.corpus.sources] == [(f"{tmp_path}/a.txt", 2.0), ("tinyshakespeare", 1.0)]
+    check_corpus_sources(cfg.corpus)
+    with pytest.raises(ConfigError, match=r"'corpus\.sources\[1\]\.weight' must be > 0"):
+        load_config(None, ["corpus.sources=[{source: a.txt}, {source: b.txt, weight: 0}]"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'corpus\.sources\[0\]\.wieght'"):
+        load_config(None, ["corpus.sources=[{source: a.txt, wieght: 1}]"])
+    bad = load_config(None, [f"corpus.sources=[{{source: {tmp_path}/a.txt}}, {{source: {tmp_path}/nope.txt}}]"])
+    with pytest.raises(SourceError, match=r"config key 'corpus\.sources\[1\]\.source': corpus source not found"):
+        check_corpus_sources(bad.corpus)
+
+
+def test_hf_source_needs_a_pinned_revision():
+    with pytest.raises(SourceError, match="needs a pinned revision"):
+        check_source("hf://owner/data?split=train")
+    check_source("hf://owner/data/cfg?split=train&revision=abc123")
+
+
+def test_hf_source_served_from_the_mirror(tmp_path, monkeypatch):
+    split_dir = tmp_path / "mirror" / "hf" / "owner" / "data" / "cfg"
+    split_dir.mkdir(parents=True)
+    write_parquet(split_dir / "validation.parquet", ["hub row one", "hub row two"])
+    monkeypatch.setenv("GPTFLOW_MIRROR", str(tmp_path / "mirror"))
+    _, docs = corpus(tmp_path, "hf://owner/data/cfg?split=validation&revision=abc123")
+    assert docs == ["hub row one", "hub row two"]
+
+
+def test_hf_source_offline_fails_fast_saying_how_to_provide_it(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("GPTFLOW_MIRROR", str(tmp_path / "mirror"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SourceError) as err:
+        corpus(tmp_path, "hf://owner/no-such-data?split=train&revision=abc123")
+    msg = str(err.value)
+    assert "cannot load hf://owner/no-such-data" in msg and "hf/owner/no-such-data/train.parquet" in msg
+    assert "\n" not in msg
