@@ -134,7 +134,7 @@ def checkpoint_callback(cfg: PretrainConfig, ckpt_dir: Path) -> ModelCheckpoint:
     """Every `ckpt_every` steps: `last.ckpt` plus the newest `ckpt_keep` step checkpoints."""
     keep = {"monitor": "step", "mode": "max", "save_top_k": cfg.ckpt_keep} if cfg.ckpt_keep else {"save_top_k": 0}
     return ModelCheckpoint(
-        dirpath=ckpt_dir, filename="step={step}", every_n_train_steps=cfg.ckpt_every, save_last=True, **keep
+        dirpath=ckpt_dir, filename="{step}", every_n_train_steps=cfg.ckpt_every, save_last=True, **keep
     )
 
 

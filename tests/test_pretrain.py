@@ -2,27 +2,13 @@ import json
 
 import lightning as L
 import pytest
+import torch
 
 from gpt.config import ModelConfig, PretrainConfig
 from gpt.model import GPTConfig
-from gpt.pretrain import pretrain
+from gpt.pretrain import LAST_CKPT, accumulation, pretrain
 from gpt.shards import encode_corpus
 from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAt(L.Callback):
-    """Simulates a killed process: stops the run with an exception after `step` optimizer steps."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.step:
-            raise Crash(f"killed at {self.step}")
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +21,48 @@ def shards(tmp_path_factory):
     return d, enc.n_vocab
 
 
-def _setup(vocab: int):
-    gcfg = GPTConfig.from_model_config(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0), vocab)
-    tcfg = PretrainConfig(
-        max_steps=12, batch_size=4, lr=3e-3, warmup_steps=2, val_every=6, val_batches=2, ckpt_every=4, log_every=2
-    )
-    return gcfg, tcfg
+def _setup(vocab: int, norm: str = "post", **train):
+    model = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0, norm=norm, pad_vocab_to=64)
+    gcfg = GPTConfig.from_model_config(model, vocab)
+    kw = dict(max_steps=12, batch_size=4, lr=3e-3, warmup_steps=2, val_every=6, val_batches=2, ckpt_every=4)
+    return gcfg, PretrainConfig(**{**kw, "log_every": 2, **train})
 
 
-def test_loss_goes_down(shards, tmp_path):
+@pytest.mark.parametrize(("norm", "schedule"), [("post", "cosine"), ("pre", "linear")])
+def test_loss_goes_down(shards, tmp_path, norm, schedule):
     shard_dir, vocab = shards
-    _, result = pretrain(*_setup(vocab), shard_dir, tmp_path / "ckpt", seed=0)
+    _, result = pretrain(*_setup(vocab, norm, schedule=schedule), shard_dir, tmp_path / "ckpt", seed=0)
     assert result.steps == 12
     assert result.final_val_loss < result.initial_val_loss
     assert result.tokens_per_sec > 0 and 0 < result.mfu < 1
-    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert (tmp_path / "ckpt" / LAST_CKPT).is_file()
 
 
-def test_killed_run_resumes_from_checkpoint_and_matches(shards, tmp_path):
+class PoisonAt(L.Callback):
+    """Makes the loss NaN from optimizer step `step` on, as a diverged run would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, *_):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.wte.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(shards, tmp_path):
     shard_dir, vocab = shards
-    _, straight = pretrain(*_setup(vocab), shard_dir, tmp_path / "a", seed=0)
-    with pytest.raises(Crash):
-        pretrain(*_setup(vocab), shard_dir, tmp_path / "b", seed=0, extra_callbacks=[CrashAt(10)])
-    _, resumed = pretrain(*_setup(vocab), shard_dir, tmp_path / "b", seed=0)
-    assert resumed.resumed_from_step == 8  # the last checkpoint before the crash, not step 0
-    assert resumed.steps == 12
-    assert resumed.initial_val_loss == straight.initial_val_loss
-    assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=1e-6)
+    with pytest.raises(FloatingPointError) as err:
+        pretrain(*_setup(vocab), shard_dir, tmp_path, seed=0, extra_callbacks=[PoisonAt(7)])
+    message = str(err.value)  # the 8th step is the first bad one; it would also have been checkpointed
+    assert "non-finite loss" in message and "step 8" in message and "\n" not in message
+    ckpt = torch.load(tmp_path / LAST_CKPT, weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_accumulation_reaches_tokens_per_step():
+    assert accumulation(PretrainConfig(batch_size=8), 64) == 1
+    assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4), 64) == 4
+    assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4, devices="2"), 64) == 2
+    assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=100), 64) == 1
