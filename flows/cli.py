@@ -51,10 +51,44 @@ def _parser() -> argparse.ArgumentParser:
     selection(stages)
     stages.add_argument("--verify", action="store_true", help="also re-hash finished stages' files (sha256)")
 
-    report = sub.add_parser("report", help="write the Markdown report of a pipeline run")
+    report = sub.add_parser("report", help="write the report card of a pipeline run (report.html, report.md, plots)")
     report.add_argument("run_id")
-    report.add_argument("--out", default=".", help="directory for report.md")
+    report.add_argument("--out", default=".", help="directory for report.html, report.md and plots/")
     report.add_argument("--workspace")
+
+    compare = sub.add_parser("compare", help="compare pipeline runs: differing config keys, final metrics, plots")
+    compare.add_argument("--experiment", help="MLflow experiment (default: finished runs of all experiments)")
+    compare.add_argument("--runs", nargs="+", metavar="RUN_ID", help="compare exactly these pipeline runs")
+    compare.add_argument("--out", help="output file (default: compare.<format>)")
+    compare.add_argument("--format", choices=("html", "csv", "md"), help="default: from --out's suffix, else html")
+    compare.add_argument("--workspace")
+
+    predict = sub.add_parser("predict", help="classify text with a fine-tuned model (e.g. models:/NAME@best)")
+    predict.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a task_model dir")
+    predict.add_argument("--task", required=True, help="the task the model was fine-tuned on (label names)")
+    predict.add_argument("--text", action="append", required=True, help="input text; repeat for each field")
+    predict.add_argument("--workspace")
+
+    gen = sub.add_parser("generate", help="sample a continuation of a prompt from a pretrained model (streamed)")
+    gen.add_argument("--model", required=True, help="model dir, pretrain stage dir, or MLflow run id (pipeline/stage)")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
+    gen.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    gen.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--tokenizer", help="tokenizer dir, when the model dir has no tokenizer files (imported models)")
+    gen.add_argument("--workspace")
+
+    imp = sub.add_parser("import-hf", help="convert a Hugging Face openai-gpt/gpt2 checkpoint dir to a model dir")
+    imp.add_argument("src", help="directory written by save_pretrained (config.json + weights)")
+    imp.add_argument("out", help="gptflow model directory to write")
+    imp.add_argument("--workspace")
+
+    exp = sub.add_parser("export-hf", help="convert a gptflow model to a Hugging Face openai-gpt/gpt2 checkpoint dir")
+    exp.add_argument("model", help="model dir, pretrain stage dir, or MLflow run id")
+    exp.add_argument("out", help="directory to write (config.json + model.safetensors)")
+    exp.add_argument("--workspace")
 
     ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the workspace's store")
     ui.add_argument("--workspace")
@@ -122,16 +156,59 @@ def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def cmd_report(args: argparse.Namespace, ws: Workspace) -> int:
-    """Rebuild the Markdown report of a run from MLflow."""
+    """Rebuild the report card of a run from MLflow: report.html (self-contained), report.md, plots/."""
     from mlflow.tracking import MlflowClient
 
     from reports.run_report import build_report
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(build_report(MlflowClient(ws.tracking_uri), args.run_id))
-    print(out / "report.md")
+    files = build_report(MlflowClient(ws.tracking_uri), args.run_id, Path(args.out))
+    print(f"{files.html}\n{files.markdown}")
     return 0
+
+
+def cmd_compare(args: argparse.Namespace, ws: Workspace) -> int:
+    """Compare pipeline runs (mlflow.search_runs + pandas) as an HTML page, Markdown or CSV."""
+    from mlflow.tracking import MlflowClient
+
+    from reports.compare import comparison_table, pipeline_runs, write_comparison
+
+    suffix = Path(args.out).suffix.lstrip(".") if args.out else ""
+    fmt = args.format or (suffix if suffix in ("html", "csv", "md") else "html")
+    table = comparison_table(pipeline_runs(ws.tracking_uri, args.experiment, args.runs))
+    out = write_comparison(table, MlflowClient(ws.tracking_uri), Path(args.out or f"compare.{fmt}"), fmt)
+    print(out)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, ws: Workspace) -> int:
+    """Classify one input with a fine-tuned model from the registry (or a task_model directory)."""
+    from tasks.registry import predict_text
+
+    result = predict_text(args.model, args.task, args.text, ws.tracking_uri)
+    probs = ", ".join(f"{name}={p:.3f}" for name, p in result["probabilities"].items())
+    print(f"{result['label']}\t({probs})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, ws: Workspace) -> int:
+    """Stream a sampled continuation of --prompt to stdout, token by token."""
+    from flows.model_commands import generate_command
+
+    return generate_command(args, ws, sys.stdout)
+
+
+def cmd_import_hf(args: argparse.Namespace, ws: Workspace) -> int:
+    """HF checkpoint dir -> gptflow model dir."""
+    from flows.model_commands import import_hf_command
+
+    return import_hf_command(args)
+
+
+def cmd_export_hf(args: argparse.Namespace, ws: Workspace) -> int:
+    """gptflow model (dir or run id) -> HF checkpoint dir."""
+    from flows.model_commands import export_hf_command
+
+    return export_hf_command(args, ws)
 
 
 def cmd_ui(args: argparse.Namespace, ws: Workspace) -> int:
@@ -146,7 +223,17 @@ def cmd_ui(args: argparse.Namespace, ws: Workspace) -> int:
     return 0  # not reached
 
 
-COMMANDS = {"run": cmd_run, "stages": cmd_stages, "report": cmd_report, "ui": cmd_ui}
+COMMANDS = {
+    "run": cmd_run,
+    "stages": cmd_stages,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "predict": cmd_predict,
+    "generate": cmd_generate,
+    "import-hf": cmd_import_hf,
+    "export-hf": cmd_export_hf,
+    "ui": cmd_ui,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from prefect.states import Failed, State
 from flows.workspace import Workspace
 from gpt.config import ExperimentConfig, from_dict
 from tasks.plan import build_plan, select
-from tasks.report import REPORT_FILE
+from tasks.registry import register_stage_model
+from tasks.report import REPORT_FILE, REPORT_FILES
 from tasks.runner import BAD_INPUT, stage_task
 from tasks.tracking import Tracker, git_commit
 
@@ -71,10 +72,11 @@ def pipeline(
             if not cached:
                 tracker.log_artifacts(child, [stage.dir / a for a in result["artifacts"]])
             tracker.finish_child(child, stage, stage.manifest(), cached)
+            register_stage_model(tracker.client, cfg, stage, child, inputs, cached)  # pretrain, evaluate[task]
             outcome[stage.name] = "cached" if cached else "computed"
         report = by_name["report"].dir / REPORT_FILE
         if "report" in outcome and report.is_file():
-            tracker.log_artifacts(parent, [report])
+            tracker.log_artifacts(parent, [report.parent / f for f in REPORT_FILES])
             create_markdown_artifact(report.read_text(), key="gptflow-report", description="gptflow run report")
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):

@@ -275,6 +275,10 @@ def from_dict(cls: type, data: Any, where: str = "config", prefix: str = "") -> 
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    required = [f.name for f in dataclasses.fields(cls) if f.default is f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing config key '{prefix}{missing[0]}'")
     kwargs = {name: _coerce(hints[name], value, where, f"{prefix}{name}") for name, value in data.items()}
     obj = cls(**kwargs)
     _check_ranges(obj, where, prefix)

@@ -1,7 +1,7 @@
 """Fine-tuning tasks loaded from the Hugging Face hub with `datasets`: CoLA, MNLI, QNLI, QQP, SNLI, SciTail, RACE.
 
-A mirror may serve a hub split as `<mirror>/hf/<dataset id>/<config>/<split>.jsonl` (rows as the hub
-gives them); that is how they are tested offline. Otherwise `datasets.load_dataset` fetches them.
+A mirror may serve a hub split as `<mirror>/hf/<dataset id>/<config>/<split>.jsonl` or `.parquet`
+(rows as the hub gives them); that is how they are tested offline. Otherwise `datasets` fetches them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt.sources import mirror_dir
+from gpt.sources import SourceError, hf_mirror_files, hf_offline_hint
 from gpt.tasks_spec import Example, TaskSpec, TaskType
 
 GLUE = "nyu-mll/glue"
@@ -28,19 +28,23 @@ class HubSource:
     revision: str | None = None  # pin a commit for reproducible downloads
 
     def load(self, split: str, cache_dir: Path) -> list[Example]:
-        """The examples of one of our splits (train / dev / test)."""
+        """The examples of one of our splits (train / dev / test), from the mirror if it has them."""
         import datasets
 
-        hub_split = self.splits[split]
-        mirror = mirror_dir()
-        local = mirror / "hf" / self.dataset / (self.config or "default") / f"{hub_split}.jsonl" if mirror else None
+        source = f"hf://{self.dataset}{'/' + self.config if self.config else ''}?split={self.splits[split]}"
+        mirrored = hf_mirror_files(source)
         hf_cache = str(cache_dir / "hf_datasets")
-        if local is not None and local.is_file():
-            rows = datasets.load_dataset("json", data_files=str(local), split="train", cache_dir=hf_cache)
-        else:
-            rows = datasets.load_dataset(
-                self.dataset, self.config, split=hub_split, revision=self.revision, cache_dir=hf_cache
-            )
+        try:
+            if mirrored:
+                builder = "parquet" if mirrored[0].suffix == ".parquet" else "json"
+                files = [str(p) for p in mirrored]
+                rows = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=hf_cache)
+            else:
+                rows = datasets.load_dataset(
+                    self.dataset, self.config, split=self.splits[split], revision=self.revision, cache_dir=hf_cache
+                )
+        except OSError as e:  # offline, no network, unknown data set or revision
+            raise SourceError(f"cannot load {source} ({type(e).__name__}: {e}); {hf_offline_hint(source)}") from None
         return [e for e in map(self.to_example, rows) if e is not None]
 
 

@@ -1,86 +1,310 @@
-"""A Markdown report of one pipeline run, built from what MLflow recorded for it."""
+"""The report card of one pipeline run (report.md + report.html + PNG plots), built from MLflow alone.
+
+Everything comes from the parent run (params, tags, metrics copied up by the stages), its stage
+child runs (metric histories, tags) and their artifacts (tokenizer, samples, predictions), so a
+report can be rebuilt for any run in any store with `gptflow report RUN_ID`.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-# GPT-1 paper (Radford et al. 2018), Tables 2-4: the number each task is compared against.
-PAPER = {
-    ("sst2", "accuracy"): 91.3,
-    ("story_cloze", "accuracy"): 86.5,
-    ("rte", "accuracy"): 56.0,
-    ("mrpc", "f1"): 82.3,
-    ("stsb", "pearson"): 82.0,
-    ("cola", "matthews"): 45.4,
-}
+from gpt.config import ConfigError, ExperimentConfig, load_config
+from reports import plots
+from reports.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
+from reports.environment import hardware, package_versions
+from reports.paper import paper_number
+from reports.runs import download, history, list_artifact_paths, metric_keys, stage_runs, task_metrics
+
+MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
+PRESET_TAG = "gptflow.config_file"  # the YAML preset a run's config came from (diffed in the header)
+ENV_TAG = "gptflow.env."  # gptflow.env.<package>=<version>, gptflow.env.hw.<key>=<value>
+SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. Shall I compare thee to a summer's day?"
+NOT_TASK_METRICS = {"examples", "majority_rate", "loss", "seconds"}
 
 
-def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    """The stage runs nested under a pipeline run, oldest first."""
-    runs = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-        order_by=["attributes.start_time ASC"],
-    )
-    return list(runs)
+@dataclass
+class ReportFiles:
+    """Where a report was written."""
+
+    markdown: Path
+    html: Path
+    plots: list[Path]
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def environment_tags() -> dict[str, str]:
+    """This process's package versions and hardware as parent-run tags (recorded by the report stage)."""
+    tags = {f"{ENV_TAG}{k}": v for k, v in package_versions().items()}
+    tags.update({f"{ENV_TAG}hw.{k}": v for k, v in hardware().items()})
+    return tags
 
 
-def _samples(client: MlflowClient, runs: list[Run]) -> str | None:
-    for run in runs:
-        if run.data.tags.get("stage") == "pretrain":
-            source = run.data.tags.get("produced_by", run.info.run_id)
-            try:
-                return Path(client.download_artifacts(source, "samples.txt")).read_text()
-            except Exception:  # samples are optional in a report; a missing artifact must not fail it
-                return None
-    return None
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.1f}"
 
 
-def build_report(client: MlflowClient, run_id: str) -> str:
-    """Markdown with the run's config digest, per-stage times and cache hits, pretraining and task figures."""
-    parent = client.get_run(run_id)
-    tags, metrics = parent.data.tags, parent.data.metrics
-    runs = child_runs(client, parent)
-    lines = [
-        f"# gptflow run `{parent.info.run_name}`",
-        "",
-        f"- run id: `{run_id}`  ",
-        f"- experiment: `{client.get_experiment(parent.info.experiment_id).name}`  ",
-        f"- git commit: `{tags.get('git_commit', '?')}`, config hash `{tags.get('config_hash', '?')}`  ",
-        f"- Prefect flow run: `{tags.get('prefect_flow_run_id', '?')}`",
-        "",
-        "## Stages",
-        "",
-        "| stage | cached | key | wall s |",
-        "|---|---|---|---|",
+def _num(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:,.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.4g}"
+
+
+def _wall(run: Run, now_ms: int) -> float:
+    return ((run.info.end_time or now_ms) - run.info.start_time) / 1000
+
+
+def config_diff(params: dict[str, str], preset: str | None) -> tuple[str, list[list[str]]]:
+    """(what the run is compared against, rows key | reference | this run) for keys that differ."""
+    reference, label = ExperimentConfig(), "the built-in defaults"
+    if preset:
+        try:
+            reference, label = load_config(preset), f"preset `{preset}`"
+        except ConfigError:
+            label = f"the built-in defaults (preset `{preset}` is not readable here)"
+    ref = {k: str(v) for k, v in reference.flat().items()}
+    # Keys the run did not record (added to gptflow after it ran) are left out rather than shown as changes.
+    rows = [[f"`{k}`", ref.get(k, "(not in reference)"), v] for k, v in sorted(params.items()) if ref.get(k) != v]
+    return label, rows
+
+
+def _header(client: MlflowClient, parent: Run, stages: dict[str, Run]) -> list[Block]:
+    tags, now = parent.data.tags, int(time.time() * 1000)
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(parent.info.start_time / 1000))
+    total = _wall(parent, now)
+    blocks: list[Block] = [
+        Heading(f"gptflow run {parent.info.run_name}", 1),
+        Bullets(
+            [
+                f"run id: `{parent.info.run_id}`, experiment `{client.get_experiment(parent.info.experiment_id).name}`",
+                f"started {started}, status {parent.info.status}, total wall time {total:.1f} s"
+                + ("" if parent.info.end_time else " so far"),
+                f"git commit `{tags.get('git_commit', '?')}`, config hash `{tags.get('config_hash', '?')}`",
+                f"Prefect flow run `{tags.get('prefect_flow_run_id', '?')}`",
+            ]
+        ),
+        Heading("Configuration"),
     ]
-    for r in runs:
-        t = r.data.tags
-        wall = f"{(r.info.end_time - r.info.start_time) / 1000:.1f}" if r.info.end_time else "running"
-        lines.append(f"| {t.get('stage')} | {t.get('cached', 'running')} | `{t.get('cache_key')}` | {wall} |")
-    pre = {k.removeprefix("pretrain."): v for k, v in metrics.items() if k.startswith("pretrain.")}
-    if pre:
-        lines += ["", "## Pretraining", ""]
-        for k in ("params", "steps", "initial_val_loss", "final_val_loss", "tokens_per_sec", "mfu"):
-            if k in pre:
-                lines.append(f"- {k}: {_fmt(pre[k])}")
-    tasks = sorted({k.split(".")[0] for k in metrics if k.endswith(".accuracy")} - {"pretrain"})
-    if tasks:
-        lines += ["", "## Tasks (dev split)", "", "| task | metric | value | majority class | GPT-1 paper |"]
-        lines.append("|---|---|---|---|---|")
-        for task in tasks:
-            acc = metrics[f"{task}.accuracy"]
-            majority = metrics.get(f"{task}.majority_rate", float("nan"))
-            paper = PAPER.get((task, "accuracy"))
-            lines.append(f"| {task} | accuracy | {100 * acc:.1f} | {100 * majority:.1f} | {paper if paper else '—'} |")
-    samples = _samples(client, runs)
-    if samples:
-        lines += ["", "## Samples after pretraining", "", "```", samples.strip(), "```"]
-    return "\n".join(lines) + "\n"
+    label, rows = config_diff(parent.data.params, tags.get(PRESET_TAG))
+    if rows:
+        blocks += [Para(f"Keys that differ from {label}:"), Table(["key", "reference", "this run"], rows)]
+    else:
+        blocks.append(Para(f"Identical to {label}."))
+    env = {k.removeprefix(ENV_TAG): v for k, v in tags.items() if k.startswith(ENV_TAG)}
+    where = "as recorded by the run"
+    if not env:
+        env = {**package_versions(), **{f"hw.{k}": v for k, v in hardware().items()}}
+        where = "this machine at report time (the run recorded none)"
+    blocks += [
+        Heading("Environment"),
+        Para(f"Package versions and hardware, {where}:"),
+        Table(
+            ["package", "version"],
+            [[k, v] for k, v in sorted(env.items()) if not k.startswith("hw.")],
+        ),
+        Bullets([f"{k.removeprefix('hw.')}: {v}" for k, v in sorted(env.items()) if k.startswith("hw.")]),
+        Heading("Stages"),
+    ]
+    rows, cached_total = [], 0.0
+    for name, run in stages.items():
+        t = run.data.tags
+        cached = t.get("cached", "running")
+        wall = _wall(run, now)
+        cached_total += wall if cached == "true" else 0.0
+        rows.append(
+            [
+                name,
+                "cached" if cached == "true" else ("computed" if cached == "false" else cached),
+                f"`{t.get('cache_key', '')}`",
+                f"{wall:.1f}",
+                f"`{t['produced_by']}`" if "produced_by" in t else "",
+            ]
+        )
+    blocks += [
+        Table(["stage", "outcome", "cache key", "wall s", "produced by run"], rows),
+        Para(f"Total wall time {total:.1f} s; cached stages took {cached_total:.1f} s of it (lookup only)."),
+    ]
+    return blocks
+
+
+def _data(client: MlflowClient, parent: Run, stages: dict[str, Run], tmp: Path) -> list[Block]:
+    m = parent.data.metrics
+    blocks: list[Block] = [Heading("Data and tokenizer")]
+    facts = [
+        ("corpus source", parent.data.params.get("corpus.source")),
+        ("documents", _num(m.get("corpus.documents"))),
+        ("corpus bytes", _num(m.get("corpus.bytes"))),
+        ("train tokens", _num(m.get("encode.train_tokens"))),
+        ("val tokens", _num(m.get("encode.val_tokens"))),
+        ("bytes per token", _num(m.get("encode.bytes_per_token"))),
+        ("vocabulary", _num(m.get("tokenizer.vocab_size"))),
+    ]
+    blocks.append(Bullets([f"{k}: {v}" for k, v in facts if v]))
+    tok_run = stages.get("tokenizer")
+    tok_dir = download(client, tok_run, "", tmp / "tokenizer") if tok_run else None
+    if tok_dir and (tok_dir / "tokenizer.json").is_file():
+        from gpt.tokenizer import load_tokenizer
+
+        enc = load_tokenizer(tok_dir)
+        ids = enc.encode_ordinary(SAMPLE_TEXT)
+        pieces = " | ".join(enc.decode([i]) for i in ids)
+        blocks += [
+            Para(f"Sample tokenization ({len(SAMPLE_TEXT)} characters, {len(ids)} tokens):"),
+            Code(f"{SAMPLE_TEXT}\n\n{pieces}\n\n{ids}"),
+        ]
+    return blocks
+
+
+def _tokens_per_step(client: MlflowClient, parent: Run, pre: Run) -> tuple[float, str]:
+    """Tokens seen per optimizer step: from Lightning's ThroughputMonitor when logged, else batch × block."""
+    steps, lengths = history(client, pre, "train/lengths")
+    if steps and steps[-1] > 0:
+        return lengths[-1] / (steps[-1] + 1), "tokens"
+    p = parent.data.params
+    try:
+        return float(p["pretrain.batch_size"]) * float(p["model.block_size"]), "tokens"
+    except (KeyError, ValueError):
+        return 1.0, "step"
+
+
+def _pretraining(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path, tmp: Path) -> list[Block]:
+    pre = stages.get("pretrain")
+    if pre is None:
+        return []
+    m = {k.removeprefix("pretrain."): v for k, v in parent.data.metrics.items() if k.startswith("pretrain.")}
+    blocks: list[Block] = [Heading("Pretraining")]
+    facts = [
+        ("parameters", _num(m.get("params"))),
+        ("steps", _num(m.get("steps"))),
+        ("initial val loss", _num(m.get("initial_val_loss"))),
+        ("final val loss", _num(m.get("final_val_loss"))),
+        ("final train loss", _num(m.get("final_train_loss"))),
+        ("tokens/s", _num(m.get("tokens_per_sec"))),
+        ("MFU", f"{100 * m['mfu']:.2f}%" if "mfu" in m else ""),
+        ("fit time s", _num(m.get("fit_seconds"))),
+    ]
+    blocks.append(Bullets([f"{k}: {v}" for k, v in facts if v]))
+    per_step, unit = _tokens_per_step(client, parent, pre)
+    series = []
+    for key in ("train_loss", "val_loss"):
+        steps, values = history(client, pre, key)
+        if steps:
+            series.append((key, [s * per_step for s in steps], values))
+    if series:
+        path = plots.line_plot(out / PLOTS_DIR / "loss.png", series, unit, "loss", "Pretraining loss")
+        blocks.append(Image(str(path.relative_to(out)), f"train and val loss against {unit}"))
+    keys = metric_keys(client, pre)
+    lr_key = next((k for k in keys if k.startswith("lr")), None)
+    if lr_key:
+        steps, values = history(client, pre, lr_key)
+        path = plots.line_plot(out / PLOTS_DIR / "lr.png", [(lr_key, steps, values)], "step", "lr", "Learning rate")
+        blocks.append(Image(str(path.relative_to(out)), f"learning-rate schedule ({lr_key})"))
+    samples = [p for p in list_artifact_paths(client, pre) if p.startswith("samples") and p.endswith(".txt")]
+    for name in sorted(samples):
+        local = download(client, pre, name, tmp / "samples")
+        if local:
+            blocks += [Para(f"Sampled continuations (`{name}`):"), Code(local.read_text())]
+    zeroshot = [k for k in keys if k.startswith("zeroshot")]
+    if zeroshot:
+        series = []
+        for key in zeroshot:
+            steps, values = history(client, pre, key)
+            label = key.removeprefix("zeroshot/").removeprefix("zeroshot.")
+            series.append((label, [s * per_step for s in steps], values))
+        path = plots.line_plot(out / PLOTS_DIR / "zeroshot.png", series, unit, "score", "Zero-shot over pretraining")
+        blocks += [Heading("Zero-shot over pretraining", 3), Image(str(path.relative_to(out)), "zero-shot metrics")]
+    return blocks
+
+
+def confusion(client: MlflowClient, run: Run, tmp: Path) -> tuple[list[str], list[list[int]]] | None:
+    """(labels, counts[true][pred]) from the evaluate stage's confusion file, else from predictions.csv."""
+    paths = list_artifact_paths(client, run)
+    for name in paths:
+        if "confusion" in name and name.endswith(".json"):
+            local = download(client, run, name, tmp / run.info.run_id)
+            if local:
+                data = json.loads(local.read_text())
+                return [str(x) for x in data["labels"]], [[int(c) for c in row] for row in data["matrix"]]
+    for name in paths:
+        if "confusion" in name and name.endswith(".csv"):
+            local = download(client, run, name, tmp / run.info.run_id)
+            if local:
+                df = pd.read_csv(local, index_col=0)
+                return [str(c) for c in df.columns], df.astype(int).values.tolist()
+    if "predictions.csv" not in paths:
+        return None
+    local = download(client, run, "predictions.csv", tmp / run.info.run_id)
+    df = pd.read_csv(local, usecols=["label", "prediction"]) if local else None
+    if df is None or df.empty or not all(pd.api.types.is_integer_dtype(df[c]) for c in df):
+        return None  # regression tasks have no confusion matrix
+    labels = sorted(set(df["label"]) | set(df["prediction"]))
+    table = pd.crosstab(df["label"], df["prediction"]).reindex(index=labels, columns=labels, fill_value=0)
+    return [str(x) for x in labels], table.values.tolist()
+
+
+def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path, tmp: Path) -> list[Block]:
+    grouped = task_metrics(parent.data.metrics)
+    if not grouped:
+        return []
+    variants = sorted({v for per in grouped.values() for v in per if v is not None})
+    header = ["task", "metric", "this run", *variants, "majority class", "GPT-1 paper"]
+    rows = []
+    for task, per in sorted(grouped.items()):
+        main = per.get(None, {})
+        names = dict.fromkeys([*main, *(k for v in variants for k in per.get(v, {}))])
+        names = [k for k in names if k not in NOT_TASK_METRICS]
+        for metric in names:
+            paper = paper_number(task, metric)
+            rows.append(
+                [
+                    task,
+                    metric,
+                    _pct(main.get(metric)),
+                    *[_pct(per.get(v, {}).get(metric)) for v in variants],
+                    _pct(main.get("majority_rate")) if metric == "accuracy" else "",
+                    f"{paper}" if paper is not None else "—",
+                ]
+            )
+    blocks: list[Block] = [
+        Heading("Tasks (dev split)"),
+        Para("Scores ×100. Ablation columns are the variants run beside the main recipe."),
+        Table(header, rows),
+    ]
+    for task in sorted(grouped):
+        run = stages.get(f"evaluate[{task}]")
+        cm = confusion(client, run, tmp) if run else None
+        if cm:
+            labels, matrix = cm
+            path = plots.confusion_plot(out / PLOTS_DIR / f"confusion_{task}.png", matrix, labels, task)
+            blocks.append(Image(str(path.relative_to(out)), f"{task}: confusion matrix (rows true, columns predicted)"))
+    return blocks
+
+
+def build_report(client: MlflowClient, run_id: str, out_dir: Path) -> ReportFiles:
+    """Write report.md, report.html and plots/*.png for pipeline run `run_id` into `out_dir`."""
+    try:
+        parent = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"report: no run {run_id!r} in the MLflow store {client.tracking_uri}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = stage_runs(client, parent)
+    with tempfile.TemporaryDirectory(prefix="gptflow-report-") as tmp_name:
+        tmp = Path(tmp_name)
+        blocks = [
+            *_header(client, parent, stages),
+            *_data(client, parent, stages, tmp),
+            *_pretraining(client, parent, stages, out_dir, tmp),
+            *_tasks(client, parent, stages, out_dir, tmp),
+        ]
+    md, page = out_dir / MD_FILE, out_dir / HTML_FILE
+    md.write_text(to_markdown(blocks))
+    page.write_text(to_html(blocks, f"gptflow run {parent.info.run_name}", out_dir))
+    return ReportFiles(md, page, [out_dir / b.path for b in blocks if isinstance(b, Image)])

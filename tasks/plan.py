@@ -19,7 +19,7 @@ VERSIONS = {
     "pretrain": "2",
     "finetune": "2",
     "evaluate": "2",
-    "report": "1",
+    "report": "2",
 }
 STAGE_KINDS = tuple(VERSIONS)
 

@@ -79,3 +79,35 @@ def test_builtin_tasks_load_from_mirror(tmp_path):
     assert not {e.fields for e in train} & {e.fields for e in dev}
     assert all(len(e.fields) == 3 and e.label in (0, 1) for e in dev)
     assert len(cap_examples(train, 10, seed=0)) == 10
+
+
+@pytest.fixture(scope="module")
+def byte_enc():
+    """Bytes only, no merges: a character's id is its byte value; eot/start/delim/extract are 256..259."""
+    return build_encoding({bytes([i]): i for i in range(256)}, SPLIT_PATTERN)
+
+
+S, D, X = 257, 258, 259  # start, delim, extract in byte_enc
+
+
+def test_exact_sequences_of_each_transformation(byte_enc):
+    assert special_ids(byte_enc) == {"eot": 256, "start": S, "delim": D, "extract": X}
+    ab, cd, ef = [97, 98], [99, 100], [101, 102]
+    assert encode_example(Example(("ab",), 1), "classification", byte_enc, 32).sequences == [[S, *ab, X]]
+    assert encode_example(Example(("ab", "cd"), 0), "entailment", byte_enc, 32).sequences == [[S, *ab, D, *cd, X]]
+    assert encode_example(Example(("ab", "cd"), 0), "similarity", byte_enc, 32).sequences == [
+        [S, *ab, D, *cd, X],
+        [S, *cd, D, *ab, X],
+    ]
+    mc = encode_example(Example(("ab", "cd", "ef"), 1), "multiple_choice", byte_enc, 32)
+    assert mc.sequences == [[S, *ab, D, *cd, X], [S, *ab, D, *ef, X]] and mc.label == 1
+    # special-token text inside the data stays text
+    assert encode_example(Example(("<|extract|>",), 0), "classification", byte_enc, 32).sequences[0].count(X) == 1
+
+
+def test_exact_truncation_trims_longest_segment_first(byte_enc):
+    # budget 8 = start + delim + extract + 5 content tokens; "abcdefg" (7) is cut to 3, "xy" (2) kept
+    seq = encode_example(Example(("abcdefg", "xy"), 0), "entailment", byte_enc, 8).sequences[0]
+    assert seq == [S, 97, 98, 99, D, 120, 121, X]
+    both = encode_example(Example(("abcd", "wxyz"), 0), "entailment", byte_enc, 7).sequences[0]
+    assert both == [S, 97, 98, D, 119, 120, X]

@@ -1,0 +1,155 @@
+"""Comparison of pipeline runs: the config keys that differ, final metrics with the best highlighted, and plots.
+
+Runs come from `mlflow.search_runs` (one row per parent run, tag `gptflow.kind=pipeline`) as a
+pandas frame; config keys are the `params.*` columns, metrics the `metrics.*` columns the stages
+copied onto the parent. Runs with different task sets share the columns of the tasks they have in
+common; a task a run did not run is blank in its row.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from gpt.config import ConfigError
+from reports import plots
+from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+from reports.runs import STAGE_PREFIXES, TASK_METRIC, history, stage_runs
+
+PIPELINE_FILTER = "tags.`gptflow.kind` = 'pipeline'"
+PRETRAIN_COLUMNS = ("pretrain.final_val_loss", "pretrain.tokens_per_sec", "pretrain.mfu")
+LOWER_IS_BETTER = ("loss", "mse", "seconds")
+HIDDEN_TASK_METRICS = {"examples", "majority_rate"}
+
+
+def pipeline_runs(tracking_uri: str, experiment: str | None = None, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """`mlflow.search_runs` over pipeline parent runs: of one experiment, or the given ids, else all finished."""
+    mlflow.set_tracking_uri(tracking_uri)
+    where = PIPELINE_FILTER
+    if run_ids:
+        where += " and attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
+    elif not experiment:
+        where += " and attributes.status = 'FINISHED'"
+    if experiment:
+        if MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
+            raise ConfigError(f"compare: no MLflow experiment named {experiment!r} in {tracking_uri}")
+        df = mlflow.search_runs(experiment_names=[experiment], filter_string=where, order_by=["attributes.start_time"])
+    else:
+        df = mlflow.search_runs(search_all_experiments=True, filter_string=where, order_by=["attributes.start_time"])
+    if run_ids:
+        missing = sorted(set(run_ids) - set(df.get("run_id", [])))
+        if missing:
+            raise ConfigError(f"compare: no pipeline run with id {missing[0]!r} in {tracking_uri}")
+    if df.empty:
+        raise ConfigError(f"compare: no pipeline runs found in {tracking_uri}")
+    return df.reset_index(drop=True)
+
+
+def _differing_params(df: pd.DataFrame) -> list[str]:
+    """Config keys with at least two distinct recorded values (a key a run did not record is not a difference)."""
+    cols = [c for c in df.columns if c.startswith("params.")]
+    return [c for c in cols if df[c].dropna().nunique() > 1]
+
+
+def _metric_columns(df: pd.DataFrame) -> list[str]:
+    """Pretraining figures, then task metrics: tasks every run has first, then the others."""
+    present = [c.removeprefix("metrics.") for c in df.columns if c.startswith("metrics.")]
+    tasks = [
+        key
+        for key in present
+        if (m := TASK_METRIC.match(key)) and m["task"] not in STAGE_PREFIXES and m["metric"] not in HIDDEN_TASK_METRICS
+    ]
+    shared = [k for k in tasks if df[f"metrics.{k}"].notna().all()]
+    partial = [k for k in tasks if k not in shared]
+    return [c for c in PRETRAIN_COLUMNS if c in present] + sorted(shared) + sorted(partial)
+
+
+def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run (indexed by run name and short id): differing config keys, then final metrics."""
+    params = _differing_params(df)
+    metrics = _metric_columns(df)
+    out = pd.DataFrame(index=[f"{n} ({i[:8]})" for n, i in zip(df["tags.mlflow.runName"], df["run_id"], strict=True)])
+    out.index.name = "run"
+    out["run_id"] = list(df["run_id"])
+    for c in params:
+        out[c.removeprefix("params.")] = list(df[c])
+    for c in metrics:
+        out[c] = list(df[f"metrics.{c}"])
+    out.attrs["metrics"] = metrics
+    return out
+
+
+def metric_names(table: pd.DataFrame) -> list[str]:
+    """The metric columns of a comparison table (the config-key columns come before them)."""
+    return list(table.attrs.get("metrics", []))
+
+
+def best_rows(table: pd.DataFrame) -> dict[str, int]:
+    """Metric column -> row position of its best value (lowest for losses, highest otherwise)."""
+    best = {}
+    for c in metric_names(table):
+        values = pd.to_numeric(table[c], errors="coerce")
+        if values.notna().sum() < 1:
+            continue
+        lower = any(w in c for w in LOWER_IS_BETTER)
+        best[c] = int(values.reset_index(drop=True).idxmin() if lower else values.reset_index(drop=True).idxmax())
+    return best
+
+
+def _cell(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Block]:
+    cols = [c for c in table.columns if c != "run_id"]
+    best = best_rows(table)
+    cells = [[name, *[_cell(table.iloc[i][c]) for c in cols]] for i, name in enumerate(table.index)]
+    marks = {(row, cols.index(c) + 1) for c, row in best.items()}
+    params = [c for c in cols if c not in metric_names(table)]
+    blocks: list[Block] = [
+        Heading(f"gptflow comparison of {len(table)} runs", 1),
+        Para(
+            "Config keys that differ: "
+            + (", ".join(f"`{p}`" for p in params) if params else "none")
+            + ". Best value per metric highlighted (lowest loss, highest score); blank: the run did not have it."
+        ),
+        Table(["run", *cols], cells, marks),
+    ]
+    series = []
+    for i, run_id in enumerate(table["run_id"]):
+        pre = stage_runs(client, client.get_run(run_id)).get("pretrain")
+        if pre is not None:
+            steps, values = history(client, pre, "val_loss")
+            if steps:
+                series.append((table.index[i], steps, values))
+    if series:
+        path = plots.line_plot(out_dir / "compare_val_loss.png", series, "step", "val loss", "Pretraining val loss")
+        blocks.append(Image(path.name, "validation loss during pretraining, one curve per run"))
+    tasks = [c for c in metric_names(table) if c not in PRETRAIN_COLUMNS]
+    if tasks:
+        bars = {
+            name: [None if pd.isna(v) else float(v) for v in table.iloc[i][tasks]] for i, name in enumerate(table.index)
+        }
+        path = plots.bar_chart(out_dir / "compare_tasks.png", tasks, bars, "score", "Task metrics (dev split)")
+        blocks.append(Image(path.name, "per-task metric, one bar per run (missing: the run did not have the task)"))
+    return blocks
+
+
+def write_comparison(table: pd.DataFrame, client: MlflowClient, out: Path, fmt: str) -> Path:
+    """Write the comparison as `html` (table + plots embedded), `md` (plots beside it) or `csv` (table only)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        table.to_csv(out)
+        return out
+    blocks = _blocks(table, client, out.parent)
+    text = to_html(blocks, "gptflow comparison", out.parent) if fmt == "html" else to_markdown(blocks)
+    out.write_text(text)
+    return out

@@ -1,0 +1,46 @@
+"""The pyfunc model every registered gptflow model runs (MLflow "models from code": this file is copied into it).
+
+`predict` takes a list of strings: prompts for a pretrained GPT (it returns greedy continuations),
+or texts for a fine-tuned task model, fields joined by `|||` (it returns {label, probabilities}).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+
+
+class GPTflowModel(mlflow.pyfunc.PythonModel):
+    """A pretrained GPT or a fine-tuned task model, with the tokenizer it was trained with."""
+
+    def load_context(self, context: Any) -> None:
+        from gpt.tokenizer import load_tokenizer
+
+        self.enc = load_tokenizer(context.artifacts["tokenizer"])
+        model_dir = Path(context.artifacts["model"])
+        self.is_task = (model_dir / "task_model.json").is_file()
+        if self.is_task:
+            from gpt.finetune import load_task_model
+
+            self.model = load_task_model(model_dir)
+        else:
+            from gpt.model import load_model
+
+            self.model = load_model(model_dir)
+
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[Any]:
+        from tasks.registry import classify
+
+        if self.is_task:
+            return classify(self.model, self.enc, [[f.strip() for f in t.split("|||")] for t in model_input])
+        from gpt.generate import generate
+
+        n = int((params or {}).get("max_new_tokens", 32))
+        prompts = [self.enc.encode_ordinary(t) for t in model_input]
+        return [self.enc.decode(generate(self.model, p, n, temperature=0)) for p in prompts]
+
+
+mlflow.models.set_model(GPTflowModel())

@@ -1,0 +1,80 @@
+"""End to end, in process (no Prefect): the finetune and evaluate stages of each built-in task type on a tiny GPT."""
+
+import csv
+import json
+
+import pytest
+
+from gpt.config import load_config
+from gpt.model import GPT, GPTConfig, save_model
+from gpt.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer
+from tasks import evaluate, finetune
+from tasks.plan import build_plan
+from tasks.pretrain import MODEL_DIR
+from tasks.stage import StageContext
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=64", "model.dropout=0.0"]
+QUICK = ["finetune.max_examples=24", "finetune.epochs=1", "finetune.batch_size=8", "finetune.lr=0.001"]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """A byte-level tokenizer directory and a 'pretrained' (random) tiny model directory."""
+    root = tmp_path_factory.mktemp("upstream")
+    ranks = {bytes([i]): i for i in range(256)}
+    enc = build_encoding(ranks, SPLIT_PATTERN)
+    save_tokenizer(enc, ranks, root / "tokenizer")
+    cfg = load_config(None, TINY)
+    gpt = GPT(GPTConfig.from_model_config(cfg.model, enc.n_vocab))
+    save_model(gpt, root / "pretrain" / MODEL_DIR)
+    return {"tokenizer": root / "tokenizer", "pretrain": root / "pretrain"}
+
+
+def run_variant(tmp_path, upstream, cfg, variant):
+    """Run finetune[variant] then evaluate[variant] the way the pipeline does, returning the evaluate output."""
+    stages = {s.name: s for s in build_plan(cfg, tmp_path / "artifacts")}
+    ft_stage, ev_stage = stages[f"finetune[{variant}]"], stages[f"evaluate[{variant}]"]
+    ft_out, ev_out = tmp_path / "ft", tmp_path / "ev"
+    ft_out.mkdir()
+    ev_out.mkdir()
+    ft_inputs = {name: upstream[name] for name in ft_stage.upstream}
+    ft = finetune.compute(StageContext(ft_stage, cfg, ft_inputs, ft_out, None, None, tmp_path / "cache"))
+    assert ft.summary["steps"] == 3 and ft.summary["train_examples"] == 24
+    ev_inputs = {ft_stage.name: ft_out, "tokenizer": upstream["tokenizer"]}
+    ev = evaluate.compute(StageContext(ev_stage, cfg, ev_inputs, ev_out, None, None, tmp_path / "cache"))
+    with open(ev_out / evaluate.PREDICTIONS_FILE, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 24 == ev.summary["examples"]
+    return ev, ev_out
+
+
+@pytest.mark.parametrize(
+    ("task", "metrics", "classes"),
+    [
+        ("sst2", {"accuracy"}, ["negative", "positive"]),  # classification
+        ("rte", {"accuracy"}, ["entailment", "not_entailment"]),  # entailment
+        ("mrpc", {"f1", "accuracy"}, ["not_paraphrase", "paraphrase"]),  # similarity, classes
+        ("stsb", {"pearson", "spearman"}, None),  # similarity, regression
+        ("story_cloze", {"accuracy"}, ["ending_1", "ending_2"]),  # multiple choice
+    ],
+)
+def test_finetune_and_evaluate_each_task_type(tmp_path, upstream, task, metrics, classes):
+    cfg = load_config(None, [*TINY, *QUICK, f"finetune.tasks=[{task}]"])
+    ev, out = run_variant(tmp_path, upstream, cfg, task)
+    assert metrics <= set(ev.summary)
+    for m in metrics:
+        assert -1.0 <= ev.summary[m] <= 1.0
+    if classes:
+        confusion = json.loads((out / evaluate.CONFUSION_FILE).read_text())
+        assert confusion["labels"] == classes
+        assert sum(map(sum, confusion["matrix"])) == 24
+        assert "majority_rate" in ev.summary
+    else:
+        assert not (out / evaluate.CONFUSION_FILE).exists()
+
+
+def test_no_pretraining_variant_needs_no_pretrained_model(tmp_path, upstream):
+    cfg = load_config(None, [*TINY, *QUICK, "finetune.tasks=[sst2]", "ablations=[no_pretraining]"])
+    ev, _ = run_variant(tmp_path, {"tokenizer": upstream["tokenizer"]}, cfg, "sst2-no_pretraining")
+    assert 0.0 <= ev.summary["accuracy"] <= 1.0
