@@ -1,22 +1,26 @@
 """Encode a corpus into flat token shards (uint16 when the vocab fits) that np.memmap reads zero-copy.
 
 Streaming and parallel: documents are read from the corpus JSONL in batches of about
-`BATCH_BYTES`, assigned to train/val by a seeded hash of their index, encoded by a pool of worker
-processes (tiktoken's Rust core, `encode_to_numpy`), and appended to `train.bin` / `val.bin` in
-corpus order while a sha256 of each file is updated. Memory is bounded by the batches in flight,
-not by the corpus. `shards.json` records per split: tokens, documents, text bytes and sha256.
+`BATCH_BYTES`, assigned to train/val by a seeded hash of their index, encoded by a pool of threads
+(tiktoken's Rust core releases the GIL; `encode_to_numpy` skips the Python list of ints), and
+appended to `train.bin` / `val.bin` in corpus order while a sha256 of each file is updated.
+Memory is bounded by the batches in flight, not by the corpus. `shards.json` records per split:
+tokens, documents, text bytes and sha256.
+
+Threads rather than processes: tiktoken releases the GIL while it encodes (checked: a Python loop
+keeps running while another thread encodes), so threads parallelise without a process pool's
+start-up, per-batch pickling, or the re-import of the caller's `__main__` in spawned workers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -30,8 +34,7 @@ from gpt.tokenizer import EOT
 
 SPLITS = ("train", "val")
 META_FILE = "shards.json"
-BATCH_BYTES = 1 << 21  # text per task sent to a worker
-INLINE_BYTES = 4 << 20  # corpora smaller than this are encoded in-process (no pool start-up)
+BATCH_BYTES = 1 << 21  # text per task given to a thread
 MASK_CHUNK = 1 << 20  # documents per chunk of the train/val assignment
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -139,14 +142,6 @@ def _split_batches(
             yield split, pending[split]
 
 
-_WORKER_ENC: tiktoken.Encoding | None = None
-
-
-def _init_worker(state: dict) -> None:
-    global _WORKER_ENC
-    _WORKER_ENC = tiktoken.Encoding(**state)
-
-
 @dataclass
 class EncodedBatch:
     """Tokens of a batch of documents as shard bytes, with its counts."""
@@ -159,7 +154,7 @@ class EncodedBatch:
 
 def encode_documents(enc: tiktoken.Encoding, docs: list[str], dtype: str) -> EncodedBatch:
     """`docs` as shard bytes, each followed by end-of-text; special-token text is encoded as plain text."""
-    eot = np.array([enc.eot_token], dtype=dtype)
+    eot = np.array([enc.encode_single_token(EOT)], dtype=dtype)
     parts: list[np.ndarray] = []
     for doc in docs:
         parts.append(enc.encode_to_numpy(doc, disallowed_special=()).astype(dtype, copy=False))
@@ -168,19 +163,14 @@ def encode_documents(enc: tiktoken.Encoding, docs: list[str], dtype: str) -> Enc
     return EncodedBatch(tokens.tobytes(), tokens.size, len(docs), sum(len(d.encode()) for d in docs))
 
 
-def _encode_in_worker(docs: list[str], dtype: str) -> EncodedBatch:
-    assert _WORKER_ENC is not None
-    return encode_documents(_WORKER_ENC, docs, dtype)
-
-
 def _ordered_results(
-    pool: ProcessPoolExecutor | None,
+    pool: ThreadPoolExecutor | None,
     workers: int,
     enc: tiktoken.Encoding,
     batches: Iterator[tuple[str, list[str]]],
     dtype: str,
 ) -> Iterator[tuple[str, EncodedBatch]]:
-    """Results in submission order with at most 2 batches per worker in flight (bounded memory).
+    """Results in submission order with at most 2 batches per thread in flight (bounded memory).
 
     Written by hand because `Pool.imap` and `Executor.map` read their whole input up front.
     """
@@ -191,7 +181,7 @@ def _ordered_results(
     window: deque[tuple[str, Future]] = deque()
     limit = 2 * workers
     for split, docs in batches:
-        window.append((split, pool.submit(_encode_in_worker, docs, dtype)))
+        window.append((split, pool.submit(encode_documents, enc, docs, dtype)))
         if len(window) >= limit:
             s, fut = window.popleft()
             yield s, fut.result()
@@ -210,26 +200,14 @@ def encode_corpus(
 ) -> ShardStats:
     """Write `train.bin` and `val.bin` (each document followed by end-of-text) plus `shards.json`.
 
-    `workers`: encoding processes (default: all cores; corpora under INLINE_BYTES are encoded in-process).
+    `workers`: encoding threads (default: all cores; 1 encodes in the calling thread).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     dtype = token_dtype(enc.n_vocab)
-    if enc.eot_token != enc.encode_single_token(EOT):
-        raise ValueError(f"encoding {enc.name} has no {EOT} token")
     corpus_bytes = corpus_file.stat().st_size
-    if workers is None:
-        workers = 1 if corpus_bytes < INLINE_BYTES else (os.cpu_count() or 1)
-    pool = None
-    if workers > 1:
-        state = {
-            "name": enc.name,
-            "pat_str": enc._pat_str,
-            "mergeable_ranks": enc._mergeable_ranks,
-            "special_tokens": enc._special_tokens,
-        }
-        ctx = multiprocessing.get_context("spawn")  # fork is unsafe under Prefect's and Lightning's threads
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(state,))
+    workers = workers or os.cpu_count() or 1
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers > 1 else None
     counts = {s: {"tokens": 0, "documents": 0, "text_bytes": 0} for s in SPLITS}
     hashes = {s: hashlib.sha256() for s in SPLITS}
     files = {s: open(out_dir / f"{s}.bin", "wb") for s in SPLITS}  # noqa: SIM115 (closed below)
@@ -249,7 +227,7 @@ def encode_corpus(
             pool.shutdown(cancel_futures=True)
     meta = {
         "dtype": dtype.name,
-        "eot": enc.eot_token,
+        "eot": enc.encode_single_token(EOT),
         "vocab_size": enc.n_vocab,
         "splits": {s: {"file": f"{s}.bin", **counts[s], "sha256": hashes[s].hexdigest()} for s in SPLITS},
     }
