@@ -76,10 +76,11 @@ def stop_server(proc: subprocess.Popen) -> None:
 @contextmanager
 def prefect_api() -> Iterator[None]:
     """Point Prefect at a temporary API server owned by this process, unless PREFECT_API_URL is set."""
-    if os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
     proc, url = start_server(timeout)
@@ -88,12 +89,12 @@ def prefect_api() -> Iterator[None]:
             try:
                 yield
             finally:
-                _drain_clients()
+                drain_clients()
     finally:
         stop_server(proc)
 
 
-def _drain_clients() -> None:
+def drain_clients() -> None:
     """Send the logs and events Prefect still holds while the server is up (else: errors at exit)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker

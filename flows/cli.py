@@ -117,21 +117,25 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     check_inputs(cfg)
     plan = build_plan(cfg, ws.artifacts)
     check_stages(plan, *select(plan, args.only, args.from_stage, args.force))
+    ws.check_writable()
     ws.check_tracking()
     from flows.api_server import prefect_api
     from flows.pipeline import pipeline
     from tasks.runner import BAD_INPUT
 
-    signal.signal(signal.SIGTERM, _interrupt)
-    with prefect_api():
-        state = pipeline(
-            config=cfg.to_dict(),
-            workspace=str(ws.root),
-            only=args.only,
-            from_stage=args.from_stage,
-            force=args.force,
-            return_state=True,
-        )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with prefect_api():
+            state = pipeline(
+                config=cfg.to_dict(),
+                workspace=str(ws.root),
+                only=args.only,
+                from_stage=args.from_stage,
+                force=args.force,
+                return_state=True,
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if state.name == BAD_INPUT:
         raise StageError(state.message)
     result = state.result()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,21 @@ class Workspace:
         """Local artifact root for new experiments; a remote tracking server decides its own."""
         return None if os.environ.get("MLFLOW_TRACKING_URI") else (self.root / "mlartifacts").as_uri()
 
+    def check_writable(self) -> None:
+        """One line instead of a traceback deep inside a stage when the workspace cannot be written."""
+        import tempfile
+
+        from tasks.stage import StageError
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            raise StageError(
+                f"workspace {self.root} is not writable ({e.strerror}); pass --workspace DIR or set GPTFLOW_HOME"
+            ) from None
+
     def check_tracking(self) -> None:
         """Fail fast, with one line, when MLFLOW_TRACKING_URI names a server that does not answer.
 
@@ -57,7 +73,8 @@ class Workspace:
 
         Must run before Prefect is imported. Values already set by the user are kept.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # read-only is fine for reading commands; `run` checks it
+            self.root.mkdir(parents=True, exist_ok=True)
         defaults = {
             "PREFECT_HOME": str(self.root / "prefect"),
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(self.root / "prefect" / "results"),

@@ -67,7 +67,10 @@ def _compute(
                 f"rebuild it with --force {stage.name}"
             )
         check_inputs_intact(inputs)
-        ctx = StageContext(stage, cfg, inputs, stage.prepare_partial(), run_id, tracking_uri, cache_dir)
+        out_dir = stage.prepare_partial()
+        for aside in stage.set_aside_broken_checkpoints():
+            get_run_logger().warning(f"{stage.name}: checkpoint is corrupt, set aside as {aside}; training restarts")
+        ctx = StageContext(stage, cfg, inputs, out_dir, run_id, tracking_uri, cache_dir)
         out = importlib.import_module(f"tasks.{stage.kind}").compute(ctx)
         commit(stage, out.summary, out.info, run_id)
         return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,26 @@ class Stage:
             shutil.rmtree(self.partial_dir)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         return self.partial_dir
+
+    def set_aside_broken_checkpoints(self) -> list[Path]:
+        """Move checkpoints of the partial directory that are not intact zip archives to `<key>.<name>.corrupt`.
+
+        torch checkpoints are zip files and Lightning does not write them by rename, so a run
+        killed mid-save can leave a truncated `last.ckpt`; training then restarts from step 0
+        instead of failing on unpickling. Returns the renamed files (the caller warns).
+        """
+        broken = []
+        for ckpt in sorted(self.partial_dir.rglob("*.ckpt")):
+            try:
+                with zipfile.ZipFile(ckpt) as z:
+                    intact = z.testzip() is None
+            except (zipfile.BadZipFile, OSError, EOFError):
+                intact = False
+            if not intact:
+                aside = self.partial_dir.parent / f"{self.key}.{ckpt.name}.corrupt"  # kept, out of the manifest
+                os.replace(ckpt, aside)
+                broken.append(aside)
+        return broken
 
 
 def verify_dir(path: Path, deep: bool = False) -> list[str]:

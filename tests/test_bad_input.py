@@ -1,0 +1,318 @@
+"""The bad-input matrix: every case through the real CLI, exit code 2, one line naming the culprit,
+no traceback, and nothing already complete in the workspace touched.
+
+Cases run in-process (`flows.cli.main`) against one temporary Prefect API for the module, on a
+workspace where corpus, tokenizer and encode of the micro config are already done.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.server
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from gpt.config import load_config
+from tasks.plan import build_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ROOT / "configs" / "micro.yaml"
+DATA_STAGES = "corpus,tokenizer,encode"
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One temporary Prefect API for the whole module (each CLI run would otherwise start its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.api_server import drain_clients, start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect")
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_RESULTS_LOCAL_STORAGE_PATH")}
+    os.environ.update(PREFECT_HOME=str(home), PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "results"))
+    proc, url = start_server(120)
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+            drain_clients()
+    finally:
+        stop_server(proc)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def done_ws(prefect_api, tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    assert main(["run", "--config", str(MICRO), "--workspace", str(ws), "--only", DATA_STAGES]) == 0
+    return ws
+
+
+def snapshot(ws: Path) -> dict[str, tuple[int, int]]:
+    """Every file of every completed stage directory: (size, mtime)."""
+    return {
+        str(p.relative_to(ws)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for manifest in (ws / "artifacts").glob("*/*/manifest.json")
+        for p in manifest.parent.rglob("*")
+        if p.is_file()
+    }
+
+
+def fails(capsys, ws: Path, *args: str, needle: str, config: Path = MICRO) -> str:
+    """Run the CLI; assert exit 2, a final `gptflow: error:` line containing `needle`, no traceback, nothing touched."""
+    before = snapshot(ws)
+    capsys.readouterr()
+    code = main(["run", "--config", str(config), "--workspace", str(ws), *args])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    assert code == 2, err
+    assert last.startswith("gptflow: error:") and needle in last, last
+    assert "Traceback" not in err
+    assert snapshot(ws) == before
+    return last
+
+
+CONFIG_CASES = {
+    "unknown_key": (["--set", "model.n_layerz=2"], "unknown config key 'model.n_layerz'"),
+    "wrong_type": (["--set", "pretrain.max_steps=lots"], "'pretrain.max_steps' must be an integer, got 'lots'"),
+    "negative_lr": (["--set", "pretrain.lr=-0.1"], "'pretrain.lr' must be > 0, got -0.1"),
+    "dropout_ge_1": (["--set", "model.dropout=1.0"], "'model.dropout' must be in [0, 1)"),
+    "vocab_below_bytes": (["--set", "tokenizer.vocab_size=200"], "'tokenizer.vocab_size' must be between 257"),
+    "n_embd_not_divisible": (["--set", "model.n_embd=30", "--set", "model.n_head=4"], "must be divisible"),
+    "max_len_over_block_size": (["--set", "finetune.max_len=128"], "exceeds 'model.block_size' (64)"),
+    "missing_corpus_file": (["--set", "corpus.source=/nowhere/corpus.txt"], "corpus source not found"),
+    "url_without_sha256": (["--set", "corpus.source=https://example.org/c.txt"], "needs a checksum"),
+    "unknown_task": (["--set", "finetune.tasks=[sst2, nope]"], "unknown task 'nope'"),
+    "unknown_stage": (["--only", "pretrian"], "unknown stage 'pretrian'"),
+    "mlflow_unreachable": ([], "MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) is unreachable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_config_case(case, capsys, done_ws, monkeypatch):
+    args, needle = CONFIG_CASES[case]
+    if case == "mlflow_unreachable":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    fails(capsys, done_ws, *args, needle=needle)
+
+
+def test_malformed_yaml(capsys, done_ws, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  n_layer: 2\n  n_head: [1,\n")
+    last = fails(capsys, done_ws, needle=str(bad), config=bad)
+    assert "line" in last and "not valid YAML" in last
+
+
+def test_from_needs_finished_upstream(capsys, tmp_path):
+    fails(capsys, tmp_path, "--from", "pretrain", needle="needs 'encode', which is not done (to run)")
+
+
+def custom_task(tmp_path: Path, header: str, rows: list[str]) -> Path:
+    for split in ("train", "dev"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join([header, *rows]) + "\n")
+    cfg = tmp_path / "custom.yaml"
+    cfg.write_text(
+        MICRO.read_text().replace("tasks: [sst2, story_cloze]", "tasks: [mood]")
+        + f"tasks:\n  mood:\n    type: classification\n    train: {tmp_path}/train.tsv\n    dev: {tmp_path}/dev.tsv\n"
+        "    columns: {text: sentence}\n    labels: [sad, happy]\n"
+    )
+    return cfg
+
+
+def test_tsv_missing_a_column(capsys, done_ws, tmp_path):
+    cfg = custom_task(tmp_path, "text\tlabel", ["a fine day\thappy", "rain\tsad"])
+    fails(capsys, done_ws, needle="no column 'sentence'", config=cfg)
+
+
+def test_label_outside_the_label_set(capsys, done_ws, tmp_path):
+    cfg = custom_task(tmp_path, "sentence\tlabel", ["a fine day\thappy", "rain\tmaybe"])
+    last = fails(capsys, done_ws, needle="train.tsv:3", config=cfg)
+    assert "maybe" in last
+
+
+def test_workspace_on_a_read_only_path(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits; the immutable flag stops it
+        if subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode:
+            pytest.skip("chattr +i not available")
+    else:
+        ro.chmod(0o555)
+    try:
+        capsys.readouterr()
+        code = main(["run", "--config", str(MICRO), "--workspace", str(ro / "ws")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            code == 2 and len(err) == 1 and err[0].startswith(f"gptflow: error: workspace {ro / 'ws'} is not writable")
+        )
+        assert not (ro / "ws").exists()
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(ro)])
+        else:
+            ro.chmod(0o755)
+
+
+def copy_ws(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "artifacts", dst / "artifacts")
+    return dst
+
+
+def test_stage_dir_of_a_different_config(capsys, done_ws, tmp_path):
+    ws = copy_ws(done_ws, tmp_path / "ws")
+    ours = {s.name: s for s in build_plan(load_config(MICRO), ws / "artifacts")}["corpus"]
+    theirs = {s.name: s for s in build_plan(load_config(MICRO, ["corpus.max_bytes=1000"]), ws / "artifacts")}["corpus"]
+    shutil.copytree(ours.dir, theirs.dir)
+    fails(capsys, ws, "--set", "corpus.max_bytes=1000", "--only", "corpus", needle="belongs to key")
+
+
+def test_truncated_token_shard(capsys, done_ws, tmp_path):
+    ws = copy_ws(done_ws, tmp_path / "ws")
+    (shard,) = (ws / "artifacts" / "encode").glob("*/train.bin")
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    last = fails(capsys, ws, needle="stage 'encode' output")
+    assert "train.bin has" in last and "--force encode" in last
+
+
+# --- cases that fail inside a stage (the Prefect flow runs; the stage ends in a BadInput state) ---
+
+
+def test_empty_corpus(capsys, done_ws, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    fails(capsys, done_ws, "--set", f"corpus.source={empty}", "--only", "corpus", needle="no text")
+
+
+def test_binary_garbage_corpus_is_cleaned_not_a_crash(capsys, done_ws, tmp_path):
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_bytes(os.urandom(20_000))
+    before = snapshot(done_ws)
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(MICRO),
+                "--workspace",
+                str(done_ws),
+                "--set",
+                f"corpus.source={garbage}",
+                "--only",
+                "corpus",
+            ]
+        )
+        == 0
+    )
+    (stage,) = [
+        s
+        for s in build_plan(load_config(MICRO, [f"corpus.source={garbage}"]), done_ws / "artifacts")
+        if s.name == "corpus"
+    ]
+    assert stage.manifest()["summary"]["bad_bytes_replaced"] > 0
+    assert {k: v for k, v in snapshot(done_ws).items() if k in before} == before
+
+
+@pytest.fixture
+def https_server(tmp_path, monkeypatch):
+    """A TLS file server on 127.0.0.1 with a throwaway certificate the client trusts via SSL_CERT_FILE."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    root = tmp_path / "www"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    yield root, f"https://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_checksum_mismatch(capsys, done_ws, https_server):
+    root, url = https_server
+    (root / "book.txt").write_text("To be, or not to be.\n" * 50)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    last = fails(
+        capsys,
+        done_ws,
+        "--set",
+        f"corpus.source={url}/book.txt#sha256={wrong}",
+        "--only",
+        "corpus",
+        needle="checksum mismatch",
+    )
+    assert wrong in last and "stage 'corpus'" in last
+
+
+def test_disk_full_while_writing_a_stage(capsys, done_ws, monkeypatch, tmp_path):
+    import tasks.corpus
+
+    def full(source, out_file, *args, **kwargs):
+        Path(out_file).write_text('{"text": "half')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_file))
+
+    monkeypatch.setattr(tasks.corpus, "build_corpus", full)
+    other = ["--set", "corpus.max_bytes=12345", "--only", "corpus"]
+    fails(capsys, done_ws, *other, needle="No space left on device")
+    (stage,) = [s for s in build_plan(load_config(MICRO, other[1:2]), done_ws / "artifacts") if s.name == "corpus"]
+    assert not stage.is_done() and stage.partial_dir.exists()  # left partial, never committed
+
+
+def test_cli_subprocess_bad_input_is_one_line(tmp_path):
+    """The same contract through a real process (the `gptflow` entry point's module)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--config",
+            str(MICRO),
+            "--workspace",
+            str(tmp_path),
+            "--set",
+            "model.dropout=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("gptflow: error: ") and "config key 'model.dropout' must be in [0, 1)" in lines[0]
