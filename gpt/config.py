@@ -98,6 +98,8 @@ class PretrainConfig:
     compile: bool | None = None  # torch.compile the model; None: on with CUDA, off on CPU
     num_nodes: int = 1
     ckpt_keep: int = 2  # step checkpoints kept besides last.ckpt
+    zeroshot_tasks: list[str] = field(default_factory=list)  # scored zero-shot at each validation (GPT-1 Fig. 2)
+    zeroshot_examples: int | None = 200  # dev examples per zero-shot task (None: all)
 
 
 @dataclass
@@ -363,6 +365,7 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("tokens_per_step", lambda v: v is None or v >= 1, ">= 1"),
         ("num_nodes", lambda v: v >= 1, ">= 1"),
         ("ckpt_keep", lambda v: v >= 0, ">= 0"),
+        ("zeroshot_examples", lambda v: v is None or v >= 1, ">= 1"),
     ],
     FinetuneConfig: [
         ("tasks", lambda v: len(v) >= 1, "a non-empty list"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import ConfigError, ExperimentConfig, FinetuneConfig
+from gpt.tasks_spec import SENTIMENT_VERBALIZERS
 
 ABLATIONS = {"no_pretraining": {"init": "scratch"}, "no_aux_lm": {"aux_lm_weight": 0.0}}
 
@@ -91,6 +92,16 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
     for name in cfg.finetune.per_task:
         if name not in cfg.finetune.tasks:
             raise ConfigError(f"config key 'finetune.per_task.{name}': {name!r} is not in finetune.tasks")
+    for i, name in enumerate(cfg.pretrain.zeroshot_tasks):
+        try:
+            spec = get_task(name)
+        except KeyError as e:
+            raise ConfigError(f"config key 'pretrain.zeroshot_tasks[{i}]': {e.args[0]}") from None
+        if spec.type != "multiple_choice" and name not in SENTIMENT_VERBALIZERS:
+            raise ConfigError(
+                f"config key 'pretrain.zeroshot_tasks[{i}]': {name!r} has no zero-shot form "
+                f"(multiple-choice tasks and {', '.join(SENTIMENT_VERBALIZERS)} have)"
+            )
     init = cfg.finetune.init
     if init not in ("pretrained", "scratch") and not Path(init).expanduser().is_dir():
         raise ConfigError(f"config key 'finetune.init' must be pretrained | scratch | a model directory, got {init!r}")

@@ -14,7 +14,8 @@ import numpy as np
 from gpt.sources import SourceError
 
 TaskType = Literal["classification", "entailment", "similarity", "multiple_choice"]
-SPLITS = ("train", "dev", "test")
+# Zero-shot sentiment (GPT-1 §5): the words whose likelihood after "<text> very" decides the label, in label order.
+SENTIMENT_VERBALIZERS = {"sst2": (" negative", " positive")}
 
 
 class TaskDataError(SourceError):
