@@ -16,7 +16,7 @@ import torch
 
 from gpt.model import GPTConfig, save_model
 from gpt.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
-from tasks.stage import StageContext, StageOutput
+from tasks.stage import StageContext, StageError, StageOutput
 
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.txt"
@@ -72,15 +72,23 @@ def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> Stag
     gpt_config = GPTConfig.from_model_config(cfg.model, enc.n_vocab)
     logger = stage_logger(ctx.tracking_uri, ctx.run_id)
     callbacks = [sample_logger(enc, cfg.pretrain.sample_tokens, cfg.seed), *(extra_callbacks or [])]
-    model, result = pretrain(
-        gpt_config,
-        cfg.pretrain,
-        ctx.inputs["encode"],
-        ctx.out / "checkpoints",
-        cfg.seed,
-        logger=logger,
-        extra_callbacks=callbacks,
-    )
+    if cfg.pretrain.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
+        from gpt.zeroshot import zeroshot_callback
+
+        p = cfg.pretrain
+        callbacks.append(zeroshot_callback(p.zeroshot_tasks, enc, ctx.cache_dir, p.zeroshot_examples, cfg.seed))
+    try:
+        model, result = pretrain(
+            gpt_config,
+            cfg.pretrain,
+            ctx.inputs["encode"],
+            ctx.out / "checkpoints",
+            cfg.seed,
+            logger=logger,
+            extra_callbacks=callbacks,
+        )
+    except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
+        raise StageError(f"stage 'pretrain': {e}") from None
     save_model(model, ctx.out / MODEL_DIR)
     for name in (RANKS_FILE, META_FILE):
         shutil.copy2(tok_dir / name, ctx.out / MODEL_DIR / name)

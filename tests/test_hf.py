@@ -64,3 +64,20 @@ def test_unsupported_config_is_named(tmp_path):
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ConversionError, match="model_type 'bert'"):
         import_hf(tmp_path / "bert", tmp_path / "x")
+
+
+def test_cli_import_then_export(tmp_path, capsys):
+    from flows.cli import main
+
+    hf = _hf_model("gpt2")
+    hf.save_pretrained(tmp_path / "hf")
+    ws = ["--workspace", str(tmp_path / "ws")]
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ours"), *ws]) == 0
+    assert "pre-LN GPT 2x48, vocab 101" in capsys.readouterr().out
+    assert main(["export-hf", str(tmp_path / "ours"), str(tmp_path / "back"), *ws]) == 0
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval()
+    idx = torch.randint(0, SMALL["vocab_size"], (1, 8))
+    with torch.no_grad():
+        assert (again(idx).logits - hf(idx).logits).abs().max().item() <= 1e-5
+    assert main(["import-hf", str(tmp_path / "nothing"), str(tmp_path / "x"), *ws]) == 2
+    assert "config.json not found" in capsys.readouterr().err

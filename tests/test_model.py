@@ -1,8 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 
+from gpt.config import load_config
 from gpt.generate import filter_logits, generate
-from gpt.model import GPT, GPTConfig, load_model, save_model
+from gpt.model import GPT, GPTConfig, KVCache, load_model, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(norm="post", **kw) -> GPT:
@@ -53,3 +58,52 @@ def test_top_k_and_top_p_filtering():
     assert torch.isinf(filter_logits(logits, 2, None)[0, 2:]).all()
     kept = ~torch.isinf(filter_logits(logits, None, 0.7)[0])
     assert kept.tolist() == [True, True, False, False]
+
+
+def test_padded_vocab_is_never_predicted(tmp_path):
+    model = tiny(pad_vocab_to=64).eval()
+    assert model.wte.weight.shape[0] == 64
+    with torch.no_grad():
+        model.wte.weight[50:] = 100.0  # padding rows that would win every argmax if they leaked
+    idx = torch.randint(0, 50, (2, 6))
+    assert model(idx).shape == (2, 6, 50)
+    assert all(t < 50 for t in generate(model, [1, 2], 8, temperature=0))
+    save_model(model, tmp_path)
+    assert torch.equal(load_model(tmp_path).eval()(idx), model(idx))
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_kv_cache_gives_the_same_logits(norm):
+    model = tiny(norm).eval()
+    idx = torch.randint(0, 50, (2, 11))
+    full = model(idx)
+    cache = KVCache(model.config, 2, idx.device, torch.float32)
+    parts = [model(idx[:, :4], cache), model(idx[:, 4:5], cache), model(idx[:, 5:11], cache)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+    assert cache.pos == 11
+
+
+@pytest.mark.parametrize(
+    "opts", [{"temperature": 0}, {"temperature": 0.9, "top_k": 10}, {"temperature": 1.0, "top_p": 0.9}]
+)
+def test_cached_and_uncached_generation_are_identical(opts):
+    model = tiny()
+
+    def run(use_cache):
+        gen = torch.Generator().manual_seed(3)
+        return generate(model, [1, 2, 3], 20, use_cache=use_cache, generator=gen, **opts)  # past block_size 12
+
+    assert run(True) == run(False)
+    assert len(run(True)) == 20
+
+
+@pytest.mark.parametrize(
+    ("preset", "vocab", "millions"), [("gpt1.yaml", 40478, 116.5), ("gpt2-small.yaml", 50257, 124.4)]
+)
+def test_presets_load_and_have_the_published_size(preset, vocab, millions):
+    cfg = load_config(ROOT / "configs" / preset)
+    gcfg = GPTConfig.from_model_config(cfg.model, vocab)
+    with torch.device("meta"):
+        model = GPT(gcfg)
+    n = model.num_params(non_embedding=False) - (gcfg.padded_vocab_size - vocab) * gcfg.n_embd
+    assert n / 1e6 == pytest.approx(millions, rel=0.005)

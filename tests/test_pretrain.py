@@ -66,3 +66,32 @@ def test_accumulation_reaches_tokens_per_step():
     assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4), 64) == 4
     assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4, devices="2"), 64) == 2
     assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=100), 64) == 1
+
+
+def test_samples_are_logged_to_mlflow_at_each_validation(shards, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.mlflow_logger import stage_logger
+    from tasks.pretrain import sample_logger
+
+    shard_dir, vocab = shards
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    docs = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." * 8 for i in range(40)]
+    enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
+    callbacks = [sample_logger(enc, 8, seed=0)]
+    pretrain(
+        *_setup(vocab),
+        shard_dir,
+        tmp_path / "ckpt",
+        seed=0,
+        logger=stage_logger(uri, run_id),
+        extra_callbacks=callbacks,
+    )
+    names = sorted(a.path for a in client.list_artifacts(run_id, "samples"))
+    assert names == ["samples/step_0000000.txt", "samples/step_0000006.txt", "samples/step_0000012.txt"]
+    metrics = client.get_run(run_id).data.metrics
+    assert {"train_loss", "val_loss"} <= set(metrics)
+    assert any(k.startswith("lr-AdamW") for k in metrics) and any(k.endswith("mfu") for k in metrics)
