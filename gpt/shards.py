@@ -106,8 +106,13 @@ def cut_single_document(text: str, val_fraction: float) -> tuple[str, str]:
 
 
 def _count_lines(path: Path) -> int:
+    """Lines of a file, a last line without a newline included; read in 16 MiB chunks."""
+    lines, last = 0, b"\n"
     with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
 
 
 def _split_batches(

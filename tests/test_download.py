@@ -47,3 +47,16 @@ def test_unreachable_url_says_how_to_work_offline(tmp_path):
 def test_https_corpus_source_needs_a_checksum(tmp_path):
     with pytest.raises(SourceError, match="needs a checksum"):
         check_source("https://example.org/corpus.txt")
+
+
+def test_https_corpus_format_follows_the_url_name(server, tmp_path):
+    from gpt.corpus import build_corpus, read_documents
+
+    root, url = server
+    data = b'{"text": "one"}\n{"text": "two"}\n'
+    (root / "docs.jsonl").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    download(f"{url}/docs.jsonl", digest, tmp_path / "cache")  # cached under its sha256, no extension
+    # the https path finds the cached copy and reads it as JSONL because the URL says .jsonl
+    build_corpus(f"https://example.org/docs.jsonl#sha256={digest}", tmp_path / "out.jsonl", tmp_path / "cache")
+    assert list(read_documents(tmp_path / "out.jsonl")) == ["one", "two"]

@@ -123,3 +123,10 @@ def test_large_vocab_uses_uint32(tmp_path):
     big = build_encoding(ranks, SPLIT_PATTERN)
     encode_corpus(write_corpus(tmp_path / "corpus.jsonl", DOCS[:5]), big, tmp_path, 0.2, seed=0)
     assert open_shard(tmp_path, "train").dtype == np.uint32
+
+
+def test_last_line_without_newline_is_a_document(tmp_path, enc):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in DOCS[:10]))
+    stats = encode_corpus(path, enc, tmp_path, 0.2, seed=3)
+    assert stats.train_documents + stats.val_documents == 10
