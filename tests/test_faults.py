@@ -176,3 +176,120 @@ def test_orphaned_runs_are_closed_and_linked(tmp_path):
     assert client.get_run(orphan).info.status == "FAILED" and client.get_run(child).info.status == "FAILED"
     assert client.get_run(alive).info.status == "RUNNING"
     assert "is gone" in client.get_run(orphan).data.tags["gptflow.ended_by"]
+
+
+# --- kill tests: SIGKILL `gptflow run` inside a stage, rerun, compare with an uninterrupted run ---
+
+KILL_SETS = [
+    "corpus.source=gutenberg",  # a few MB, so the data stages last long enough to be caught
+    "corpus.max_bytes=8000000",
+    "pretrain.max_steps=60",
+    "pretrain.ckpt_every=20",
+    "finetune.tasks=[sst2]",
+    "finetune.epochs=2",  # a checkpoint at the end of epoch 1 to resume from
+]
+
+
+def gptflow_run(ws: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "micro.yaml")]
+    argv += ["--workspace", str(ws), *[a for s in KILL_SETS for a in ("--set", s)]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_LOGGING_LEVEL": "INFO"}
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def summaries(ws: Path) -> dict[str, dict]:
+    return {
+        m["stage"]: m["summary"]
+        for m in (json.loads(p.read_text()) for p in (ws / "artifacts").glob("*/*/manifest.json"))
+    }
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stable_file(pattern: str, ws: Path) -> bool:
+    """A file matching `pattern` exists and its size did not change over 50 ms (not mid-write)."""
+    found = list(ws.glob(pattern))
+    if not found:
+        return False
+    size = found[0].stat().st_size
+    time.sleep(0.05)
+    return found[0].exists() and found[0].stat().st_size == size > 0
+
+
+KILL_POINTS = {
+    "corpus": lambda ws: bool(list(ws.glob("artifacts/corpus/*.partial"))),
+    "encode": lambda ws: bool(list(ws.glob("artifacts/encode/*.partial"))),
+    "pretrain": lambda ws: stable_file("artifacts/pretrain/*.partial/checkpoints/last.ckpt", ws),
+    "finetune": lambda ws: stable_file("artifacts/finetune/*.partial/checkpoints/last.ckpt", ws),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, dict]:
+    ws = tmp_path_factory.mktemp("reference")
+    proc = gptflow_run(ws)
+    out = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return summaries(ws)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(KILL_POINTS))
+def test_sigkill_during_a_stage_then_rerun_loses_nothing(stage, uninterrupted, tmp_path):
+    proc = gptflow_run(tmp_path)
+    deadline = time.monotonic() + 600
+    while not KILL_POINTS[stage](tmp_path):
+        assert proc.poll() is None and time.monotonic() < deadline, f"never caught {stage} running"
+        time.sleep(0.01)
+    servers = children(proc.pid)
+    proc.kill()
+    proc.communicate()
+    done_before = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "artifacts").glob("*/*/manifest.json")}
+    assert all(f"/{stage}/" not in p for p in done_before)  # killed inside `stage`, before it completed
+    time.sleep(1)
+    assert [p for p in servers if alive(p)] == []  # no orphaned Prefect API server
+
+    rerun = gptflow_run(tmp_path)
+    out = rerun.communicate(timeout=900)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    for path, mtime in done_before.items():  # completed stages were reused, not recomputed
+        assert Path(path).stat().st_mtime_ns == mtime, path
+    assert not list((tmp_path / "artifacts").glob("*/*.partial"))
+    after = summaries(tmp_path)
+    if stage == "pretrain":
+        assert after["pretrain"]["resumed_from_step"] >= 20
+    if stage == "finetune":
+        assert "Restoring states from the checkpoint path" in out and "finetune" in out
+    assert after["pretrain"] == {**uninterrupted["pretrain"], **{k: after["pretrain"][k] for k in TIMING_KEYS}}
+    assert after["evaluate[sst2]"] == uninterrupted["evaluate[sst2]"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gptflow-micro").experiment_id])
+    killed = [r for r in runs if r.data.tags.get("gptflow.kind") == "pipeline" and r.info.status == "FAILED"]
+    assert len(killed) == 1 and "is gone" in killed[0].data.tags["gptflow.ended_by"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    resumed = [r for r in runs if r.data.tags.get("resumes") == killed[0].info.run_id]
+    assert len(resumed) == 1 and resumed[0].info.status == "FINISHED"
+
+
+TIMING_KEYS = ("tokens_per_sec", "mfu", "fit_seconds", "resumed_from_step")
