@@ -1,6 +1,6 @@
 """Encode a corpus into flat token shards (uint16 when the vocab fits) that np.memmap reads zero-copy.
 
-Streaming and parallel: documents are read from the corpus JSONL in batches of about
+Streaming and parallel: documents are read from the corpus JSONL in batches of at most about
 `BATCH_BYTES`, assigned to train/val by a seeded hash of their index, encoded by a pool of threads
 (tiktoken's Rust core releases the GIL; `encode_to_numpy` skips the Python list of ints), and
 appended to `train.bin` / `val.bin` in corpus order while a sha256 of each file is updated.
@@ -34,7 +34,7 @@ from gpt.tokenizer import EOT
 
 SPLITS = ("train", "val")
 META_FILE = "shards.json"
-BATCH_BYTES = 1 << 21  # text per task given to a thread
+BATCH_BYTES = 1 << 21  # text per task given to a thread (less for small corpora, so every thread gets work)
 MASK_CHUNK = 1 << 20  # documents per chunk of the train/val assignment
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -116,9 +116,9 @@ def _count_lines(path: Path) -> int:
 
 
 def _split_batches(
-    corpus_file: Path, val_fraction: float, seed: int, bar: tqdm
+    corpus_file: Path, val_fraction: float, seed: int, bar: tqdm, batch_bytes: int
 ) -> Iterator[tuple[str, list[str]]]:
-    """(split, documents) batches of about BATCH_BYTES each, in corpus order per split."""
+    """(split, documents) batches of about `batch_bytes` each, in corpus order per split."""
     n_docs = _count_lines(corpus_file)
     if n_docs == 1:
         text = json.loads(corpus_file.read_text(encoding="utf-8"))["text"]
@@ -139,7 +139,7 @@ def _split_batches(
             pending[split].append(json.loads(line)["text"])
             size[split] += len(line)
             bar.update(len(line))
-            if size[split] >= BATCH_BYTES:
+            if size[split] >= batch_bytes:
                 yield split, pending[split]
                 pending[split], size[split] = [], 0
     for split in SPLITS:
@@ -218,7 +218,8 @@ def encode_corpus(
     files = {s: open(out_dir / f"{s}.bin", "wb") for s in SPLITS}  # noqa: SIM115 (closed below)
     try:
         with tqdm(total=corpus_bytes, unit="B", unit_scale=True, desc="encode") as bar:
-            batches = _split_batches(corpus_file, val_fraction, seed, bar)
+            batch_bytes = max(1 << 16, min(BATCH_BYTES, corpus_bytes // (4 * workers)))
+            batches = _split_batches(corpus_file, val_fraction, seed, bar, batch_bytes)
             for split, batch in _ordered_results(pool, workers, enc, batches, dtype.name):
                 files[split].write(batch.data)
                 hashes[split].update(batch.data)
