@@ -58,11 +58,9 @@ def _differing_params(df: pd.DataFrame) -> list[str]:
 def _metric_columns(df: pd.DataFrame) -> list[str]:
     """Pretraining figures, then task metrics: tasks every run has first, then the others."""
     present = [c.removeprefix("metrics.") for c in df.columns if c.startswith("metrics.")]
-    tasks = [
-        key
-        for key in present
-        if (m := TASK_METRIC.match(key)) and m["task"] not in STAGE_PREFIXES and m["metric"] not in HIDDEN_TASK_METRICS
-    ]
+    matches = [(key, TASK_METRIC.match(key)) for key in present]
+    hidden = (STAGE_PREFIXES, HIDDEN_TASK_METRICS)
+    tasks = [k for k, m in matches if m and m["variant"] not in hidden[0] and m["metric"] not in hidden[1]]
     shared = [k for k in tasks if df[f"metrics.{k}"].notna().all()]
     partial = [k for k in tasks if k not in shared]
     return [c for c in PRETRAIN_COLUMNS if c in present] + sorted(shared) + sorted(partial)

@@ -175,6 +175,15 @@ def _tokens_per_step(client: MlflowClient, parent: Run, pre: Run) -> tuple[float
         return 1.0, "step"
 
 
+def _sample_files(client: MlflowClient, pre: Run, keep: int = 3) -> list[str]:
+    """Samples logged during training (`samples/step_N.txt`: first, middle, last), then the final `samples.txt`."""
+    steps = sorted(p for p in list_artifact_paths(client, pre, "samples") if p.endswith(".txt"))
+    if len(steps) > keep:
+        steps = [steps[round(i * (len(steps) - 1) / (keep - 1))] for i in range(keep)]
+    final = [p for p in list_artifact_paths(client, pre) if p == "samples.txt"]
+    return steps + final
+
+
 def _pretraining(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path, tmp: Path) -> list[Block]:
     pre = stages.get("pretrain")
     if pre is None:
@@ -207,8 +216,7 @@ def _pretraining(client: MlflowClient, parent: Run, stages: dict[str, Run], out:
         steps, values = history(client, pre, lr_key)
         path = plots.line_plot(out / PLOTS_DIR / "lr.png", [(lr_key, steps, values)], "step", "lr", "Learning rate")
         blocks.append(Image(str(path.relative_to(out)), f"learning-rate schedule ({lr_key})"))
-    samples = [p for p in list_artifact_paths(client, pre) if p.startswith("samples") and p.endswith(".txt")]
-    for name in sorted(samples):
+    for name in _sample_files(client, pre):
         local = download(client, pre, name, tmp / "samples")
         if local:
             blocks += [Para(f"Sampled continuations (`{name}`):"), Code(local.read_text())]

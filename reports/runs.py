@@ -15,8 +15,19 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # Parent-run metric prefixes that belong to stages, not tasks (evaluate copies `<task>.<metric>`).
 STAGE_PREFIXES = ("corpus", "tokenizer", "encode", "pretrain", "finetune", "report")
-# `<task>[@<variant>].<metric>`, e.g. sst2.accuracy or sst2@no_pretraining.accuracy
-TASK_METRIC = re.compile(r"^(?P<task>[A-Za-z0-9_\-]+)(?:@(?P<variant>[^.]+))?\.(?P<metric>[^/]+)$")
+# `<variant>.<metric>` on the parent run, e.g. sst2.accuracy, sst2-no_pretraining.accuracy, sst2-seed2.f1
+TASK_METRIC = re.compile(r"^(?P<variant>[^./]+)\.(?P<metric>[^./]+)$")
+# the suffixes a variant name adds to its task (ablations `no_*`, fine-tuning seeds `seedN`), see gpt/tasks_recipe.py
+VARIANT_PART = re.compile(r"^(no_[a-z0-9_]+|seed\d+)$")
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """`sst2-no_aux_lm-seed2` -> ("sst2", "no_aux_lm-seed2"); `sst2` -> ("sst2", None)."""
+    parts = name.split("-")
+    i = len(parts)
+    while i > 1 and VARIANT_PART.match(parts[i - 1]):
+        i -= 1
+    return "-".join(parts[:i]), "-".join(parts[i:]) or None
 
 
 def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
@@ -81,7 +92,8 @@ def task_metrics(metrics: dict[str, float]) -> dict[str, dict[str | None, dict[s
     out: dict[str, dict[str | None, dict[str, float]]] = {}
     for key, value in metrics.items():
         m = TASK_METRIC.match(key)
-        if not m or m["task"] in STAGE_PREFIXES:
+        if not m or m["variant"] in STAGE_PREFIXES:
             continue
-        out.setdefault(m["task"], {}).setdefault(m["variant"], {})[m["metric"]] = value
+        task, variant = split_variant(m["variant"])
+        out.setdefault(task, {}).setdefault(variant, {})[m["metric"]] = value
     return out

@@ -24,6 +24,7 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from gpt.config import ConfigError
+from reports.runs import split_variant
 from tasks.stage import Stage
 
 MODEL_ARTIFACT = "registered_model"  # artifact path of the logged pyfunc model inside the stage run
@@ -37,14 +38,17 @@ class RegistryError(ConfigError):
 
 
 def classify(model: Any, enc: Any, inputs: list[list[str]]) -> list[dict[str, Any]]:
-    """Class probabilities of a TaskModel for raw inputs (one list of fields per example)."""
+    """Class probabilities (or, for a regression head, the score) of a TaskModel for raw inputs."""
     from gpt.benchmarks import Example
     from gpt.finetune import predict
     from gpt.transforms import encode_examples
 
     examples = [Example(tuple(fields), 0) for fields in inputs]
     encoded = encode_examples(examples, model.task_type, enc, model.gpt.config.block_size)
-    probs = predict(model, encoded).softmax(-1)
+    logits = predict(model, encoded)
+    if getattr(model, "regression", False):
+        return [{"score": float(x[0])} for x in logits]
+    probs = logits.softmax(-1)
     return [{"label": int(p.argmax()), "probabilities": [round(float(x), 4) for x in p]} for p in probs]
 
 
@@ -119,7 +123,10 @@ def register_stage_model(
 ) -> Registered | None:
     """Pipeline hook after each stage: register the pretrained model after a computed `pretrain`, and the
     fine-tuned model (scored by its task metric) after a computed `evaluate[task]`; other stages: nothing."""
-    if cached or stage.kind not in ("pretrain", "evaluate") or "@" in stage.name:  # not ablation variants
+    if cached or stage.kind not in ("pretrain", "evaluate"):
+        return None
+    task, variant = split_variant(stage.task or "")
+    if variant and "no_" in variant:  # ablations are not the experiment's model; seeds compete for `best`
         return None
     summary = stage.manifest().get("summary", {})
     if stage.kind == "pretrain":
@@ -135,11 +142,11 @@ def register_stage_model(
     from gpt.benchmarks import get_task
     from gpt.tasks_metrics import HIGHER_IS_BETTER
 
-    metric = get_task(stage.task, cfg.tasks).metric
+    metric = get_task(task, cfg.tasks).metric
     finetune = next(d for name, d in inputs.items() if name.startswith("finetune"))
     return register_model(
         client,
-        f"{cfg.experiment}-{stage.task}",
+        f"{cfg.experiment}-{task}",
         run_id,
         finetune / "task_model",
         inputs["tokenizer"],
@@ -202,6 +209,8 @@ def predict_text(uri: str, task: str, fields: list[str], tracking_uri: str | Non
     if model.task_type != spec.type:
         raise RegistryError(f"model {uri!r} was fine-tuned for a {model.task_type} task, not {task} ({spec.type})")
     (result,) = classify(model, load_tokenizer(tok_dir), [fields])
+    if "score" in result:  # a regression task (STS-B-like): the predicted score
+        return {"label": f"{result['score']:.3f}", "probabilities": {}}
     probs = result["probabilities"]
     names = list(spec.label_names) if len(spec.label_names) == len(probs) else [str(i) for i in range(len(probs))]
     return {"label": names[result["label"]], "probabilities": dict(zip(names, probs, strict=True))}
