@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from gpt.config import ConfigError
 from reports import plots
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
-from reports.runs import STAGE_PREFIXES, TASK_METRIC, history, stage_runs
+from reports.runs import STAGE_PREFIXES, TASK_METRIC, history, split_variant, stage_runs
 
 PIPELINE_FILTER = "tags.`gptflow.kind` = 'pipeline'"
 PRETRAIN_COLUMNS = ("pretrain.final_val_loss", "pretrain.tokens_per_sec", "pretrain.mfu")
@@ -63,7 +63,14 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     tasks = [k for k, m in matches if m and m["variant"] not in hidden[0] and m["metric"] not in hidden[1]]
     shared = [k for k in tasks if df[f"metrics.{k}"].notna().all()]
     partial = [k for k in tasks if k not in shared]
-    return [c for c in PRETRAIN_COLUMNS if c in present] + sorted(shared) + sorted(partial)
+    return [c for c in PRETRAIN_COLUMNS if c in present] + sorted(shared, key=_order) + sorted(partial, key=_order)
+
+
+def _order(column: str) -> tuple[str, str, str]:
+    """Task, then its main recipe before its variants, then the metric."""
+    name, metric = column.rsplit(".", 1)
+    task, variant = split_variant(name)
+    return task, variant or "", metric
 
 
 def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
