@@ -50,6 +50,7 @@ class TokenizerConfig:
 
     kind: Literal["bpe", "gpt2"] = "bpe"
     vocab_size: int = 4096  # for `bpe`: mergeable ranks, specials come on top
+    max_train_bytes: int | None = None  # for `bpe`: train on the first N bytes of the corpus only
 
 
 @dataclass
@@ -341,7 +342,10 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("weight", lambda v: v > 0, "> 0"),
     ],
     CorpusConfig: [("max_bytes", lambda v: v is None or v >= 1, ">= 1")],
-    TokenizerConfig: [("vocab_size", lambda v: 256 < v <= 65_000, "between 257 and 65000")],
+    TokenizerConfig: [
+        ("vocab_size", lambda v: 256 < v <= 65_000, "between 257 and 65000"),
+        ("max_train_bytes", lambda v: v is None or v >= 1, ">= 1"),
+    ],
     EncodeConfig: [("val_fraction", lambda v: 0 < v < 0.5, "in (0, 0.5)")],
     ModelConfig: [
         ("n_layer", lambda v: v >= 1, ">= 1"),

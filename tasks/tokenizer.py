@@ -27,11 +27,17 @@ def compute(ctx: StageContext) -> StageOutput:
         enc = build_encoding(ranks, GPT2_PATTERN, name="gpt2")
     else:
         seen = [0]
+        cap = ctx.cfg.tokenizer.max_train_bytes
 
         def counted(docs: Iterator[str]) -> Iterator[str]:
+            """The corpus documents up to `max_train_bytes` (the last one cut), counting bytes."""
             for doc in docs:
+                if cap is not None:
+                    doc = doc.encode()[: cap - seen[0]].decode("utf-8", errors="ignore")
                 seen[0] += len(doc.encode())
                 yield doc
+                if cap is not None and seen[0] >= cap:
+                    return
 
         t0 = time.perf_counter()
         ranks = train_bpe(counted(read_documents(ctx.inputs["corpus"] / CORPUS_FILE)), ctx.cfg.tokenizer.vocab_size)

@@ -42,3 +42,13 @@ def test_stages_chain_on_a_weighted_mixture(tmp_path):
     assert 1 < e.summary["val_bytes_per_token"] < 10
     meta = read_manifest(tmp_path / "enc")
     assert len(open_shard(tmp_path / "enc", "val")) == meta["splits"]["val"]["tokens"] == e.summary["val_tokens"]
+
+
+def test_tokenizer_trains_on_at_most_max_train_bytes(tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"doc {i} " * 50}) + "\n" for i in range(20)))
+    cfg = load_config(
+        None, [f"corpus.source={tmp_path}/a.jsonl", "tokenizer.vocab_size=300", "tokenizer.max_train_bytes=1000"]
+    )
+    run(corpus, cfg, tmp_path / "corpus", {}, tmp_path / "dl")
+    t = run(tokenizer, cfg, tmp_path / "tok", {"corpus": tmp_path / "corpus"}, tmp_path / "dl")
+    assert t.summary["train_bytes"] == 1000
