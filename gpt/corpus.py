@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,7 @@ def source_documents(source: str, cache_dir: Path) -> Iterator[RawDocument]:
         yield from _hf_documents(source)
         return
     if source in CATALOG:
-        paths = [fetch(remote, cache_dir) for remote in CATALOG[source]]
+        paths: Iterable[Path] = (fetch(remote, cache_dir) for remote in CATALOG[source])  # lazily: max_bytes
     elif source.startswith("https://"):
         url, _, digest = source.partition("#sha256=")
         yield from _file_documents(download(url, digest, cache_dir), filename=url.split("?")[0].rsplit("/", 1)[-1])
