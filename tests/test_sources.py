@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -131,13 +132,25 @@ def test_hf_source_served_from_the_mirror(tmp_path, monkeypatch):
 
 
 def test_hf_source_offline_fails_fast_saying_how_to_provide_it(tmp_path, monkeypatch):
-    import datasets
-
     monkeypatch.setenv("GPTFLOW_MIRROR", str(tmp_path / "mirror"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     with pytest.raises(SourceError) as err:
         corpus(tmp_path, "hf://owner/no-such-data?split=train&revision=abc123")
     msg = str(err.value)
     assert "cannot load hf://owner/no-such-data" in msg and "hf/owner/no-such-data/train.parquet" in msg
     assert "\n" not in msg
+
+
+def test_hf_source_streams_through_datasets(tmp_path, monkeypatch):
+    # `datasets` resolves owner/data to a local folder first: the real streaming path, offline
+    (tmp_path / "owner" / "data").mkdir(parents=True)
+    write_parquet(tmp_path / "owner" / "data" / "train.parquet", ["hub doc a", "hub doc b"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPTFLOW_MIRROR", str(tmp_path / "no-mirror"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # its lock files
+    _, docs = corpus(tmp_path, "hf://owner/data?split=train&revision=main")
+    assert docs == ["hub doc a", "hub doc b"]
+    with pytest.raises(SourceError, match=r"no column 'body' \(columns: text, id\); add &column=<name>"):
+        corpus(tmp_path, "hf://owner/data?split=train&revision=main&column=body")
