@@ -231,14 +231,18 @@ def mix(streams: list[Iterator[str]], weights: list[float]) -> Iterator[tuple[in
 
 
 def _cleaned(
-    source: str, cache_dir: Path, cleaning: Cleaning, stats: CorpusStats, seen: set[bytes]
+    source: str, cache_dir: Path, cleaning: Cleaning, stats: CorpusStats, seen: set[bytes], has_text: set[str]
 ) -> Iterator[str]:
-    """Cleaned, non-empty, not-yet-seen documents of one source (`seen` is shared across a mixture)."""
+    """Cleaned, non-empty, not-yet-seen documents of one source (`seen` is shared across a mixture).
+
+    Adds `source` to `has_text` once it yields a non-empty document, duplicate or not.
+    """
     for doc in source_documents(source, cache_dir):
         text = clean(doc, cleaning, stats)
         if not text.strip():
             stats.empty_dropped += 1
             continue
+        has_text.add(source)
         if cleaning.dedup:
             digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
             if digest in seen:
@@ -265,7 +269,8 @@ def build_corpus(
     cleaning = cleaning or Cleaning()
     stats = CorpusStats(source_bytes={s: 0 for s, _ in mixture})
     seen: set[bytes] = set()
-    streams = [_cleaned(s, cache_dir, cleaning, stats, seen) for s, _ in mixture]
+    has_text: set[str] = set()
+    streams = [_cleaned(s, cache_dir, cleaning, stats, seen, has_text) for s, _ in mixture]
     with open(out_file, "w", encoding="utf-8") as out:
         for i, text in mix(streams, [w for _, w in mixture]):
             if max_bytes is not None:
@@ -280,9 +285,10 @@ def build_corpus(
             stats.source_bytes[mixture[i][0]] += n
             if max_bytes is not None and stats.bytes >= max_bytes:
                 break  # before the next document is read and cleaned
-    if stats.documents == 0:
-        names = ", ".join(s for s, _ in mixture)
-        raise SourceError(f"corpus source {names!r} produced no text (empty files?)")
+    capped = max_bytes is not None and stats.bytes >= max_bytes
+    empty = [s for s, _ in mixture if s not in has_text]
+    if empty and not capped:  # a capped mixture may not have reached every source
+        raise SourceError(f"corpus source {empty[0]!r} produced no text (empty files?)")
     return stats
 
 

@@ -154,3 +154,10 @@ def test_hf_source_streams_through_datasets(tmp_path, monkeypatch):
     assert docs == ["hub doc a", "hub doc b"]
     with pytest.raises(SourceError, match=r"no column 'body' \(columns: text, id\); add &column=<name>"):
         corpus(tmp_path, "hf://owner/data?split=train&revision=main&column=body")
+
+
+def test_empty_source_in_a_mixture_is_named(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SourceError, match=r"corpus source '.*empty\.jsonl' produced no text"):
+        corpus(tmp_path, [(str(tmp_path / "a.txt"), 1.0), (str(tmp_path / "empty.jsonl"), 1.0)])
