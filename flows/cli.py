@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     selection(stages)
     stages.add_argument("--verify", action="store_true", help="also re-hash finished stages' files (sha256)")
 
+    serve = sub.add_parser("serve", help="serve the pipeline as a Prefect deployment on a cron schedule")
+    common(serve)
+    selection(serve)
+    serve.add_argument("--cron", required=True, help='schedule, e.g. "0 3 * * *" (03:00 daily)')
+    serve.add_argument("--name", help="deployment name (default: gptflow-<experiment>)")
+
     report = sub.add_parser("report", help="write the report card of a pipeline run (report.html, report.md, plots)")
     report.add_argument("run_id")
     report.add_argument("--out", default=".", help="directory for report.html, report.md and plots/")
@@ -70,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--workspace")
 
     gen = sub.add_parser("generate", help="sample a continuation of a prompt from a pretrained model (streamed)")
-    gen.add_argument("--model", required=True, help="model dir, pretrain stage dir, or MLflow run id (pipeline/stage)")
+    gen.add_argument(
+        "--model",
+        required=True,
+        help="model dir, pretrain stage dir, MLflow run id (pipeline/stage), or models:/NAME@ALIAS from the registry",
+    )
     gen.add_argument("--prompt", required=True, help="text to continue")
     gen.add_argument("--max-new-tokens", type=int, default=100)
     gen.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
@@ -159,6 +169,21 @@ def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
+    """Validate the config like `run`, then serve the scheduled deployment until interrupted."""
+    from flows.serve import check_cron, serve
+    from tasks.plan import build_plan, check_inputs, select
+
+    cfg = _load(args)
+    check_cron(args.cron)
+    check_inputs(cfg)
+    select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force)
+    ws.check_writable()
+    ws.check_tracking()
+    serve(cfg, ws, args.cron, args.name, {"only": args.only, "from_stage": args.from_stage, "force": args.force})
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, ws: Workspace) -> int:
     """Rebuild the report card of a run from MLflow: report.html (self-contained), report.md, plots/."""
     from mlflow.tracking import MlflowClient
@@ -230,6 +255,7 @@ def cmd_ui(args: argparse.Namespace, ws: Workspace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "stages": cmd_stages,
+    "serve": cmd_serve,
     "report": cmd_report,
     "compare": cmd_compare,
     "predict": cmd_predict,

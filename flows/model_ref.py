@@ -54,7 +54,12 @@ def _from_run(run_id: str, ws: Workspace) -> Path:
 
 
 def resolve_model_dir(ref: str, ws: Workspace) -> Path:
-    """The model directory `ref` names (a directory or an MLflow run id); ConfigError says why not."""
+    """The model directory `ref` names (a directory, an MLflow run id, or a registered model
+    `models:/NAME@ALIAS` / `models:/NAME/VERSION`); ConfigError says why not."""
+    if ref.startswith("models:/"):
+        from tasks.registry import resolve_model_uri
+
+        return _from_dir(resolve_model_uri(ref, ws.tracking_uri)[0])
     path = Path(ref).expanduser()
     if path.is_dir():
         return _from_dir(path)

@@ -31,7 +31,7 @@ class GPTflowModel(mlflow.pyfunc.PythonModel):
 
             self.model = load_model(model_dir)
 
-    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[Any]:
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list:
         from tasks.registry import classify
 
         if self.is_task:

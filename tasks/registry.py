@@ -11,8 +11,8 @@ and requirement inference ~11 s (STACK-NOTES).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -85,14 +85,17 @@ def register_model(
     version holding `best` now.
     """
     metric, value, higher = score
-    with tempfile.TemporaryDirectory(prefix="gptflow-model-") as tmp, warnings.catch_warnings():
-        # predict returns continuations or label dicts: MLflow warns it cannot validate `Any` outputs.
-        warnings.filterwarnings("ignore", message=".*Any type hint", category=UserWarning)
+    with tempfile.TemporaryDirectory(prefix="gptflow-model-") as tmp:
+        bundle = Path(tmp) / "model"  # the model dir with the tokenizer files beside the weights
+        shutil.copytree(model_dir, bundle)
+        for f in tokenizer_dir.iterdir():
+            if f.is_file() and not (bundle / f.name).exists():
+                shutil.copy2(f, bundle / f.name)
         local = Path(tmp) / MODEL_ARTIFACT
         mlflow.pyfunc.save_model(
             str(local),
             python_model=str(PYFUNC_CODE),  # MLflow "models from code": no pickled objects
-            artifacts={"model": str(model_dir), "tokenizer": str(tokenizer_dir)},
+            artifacts={"model": str(bundle), "tokenizer": str(tokenizer_dir)},
             pip_requirements=_requirements(),
         )
         client.log_artifacts(run_id, str(local), MODEL_ARTIFACT)
@@ -115,7 +118,7 @@ def register_model(
     if better:
         client.set_registered_model_alias(name, BEST, mv.version)
         aliases.append(BEST)
-    return Registered(name, mv.version, aliases)
+    return Registered(name, str(mv.version), aliases)
 
 
 def register_stage_model(
