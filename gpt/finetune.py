@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,22 @@ class TaskModel(nn.Module):
         token_loss = F.cross_entropy(lm_logits.transpose(1, 2).float(), flat[:, 1:], reduction="none")
         lm_loss = (token_loss * mask).sum() / mask.sum().clamp(min=1)
         return logits, lm_loss
+
+
+def extend_vocab(gpt: GPT, vocab_size: int) -> GPT:
+    """`gpt` with room for `vocab_size` tokens: new embedding rows (GPT-1's start/delim/extract on top of
+    an imported vocabulary) are initialised like the rest (normal, std 0.02); every learned weight is kept."""
+    if vocab_size <= gpt.config.vocab_size:
+        return gpt
+    bigger = GPT(replace(gpt.config, vocab_size=vocab_size))
+    state = gpt.state_dict()
+    rows = state["wte.weight"].size(0)
+    with torch.no_grad():
+        grown = bigger.wte.weight.clone()
+        grown[:rows] = state["wte.weight"]
+        state["wte.weight"] = grown
+    bigger.load_state_dict(state)
+    return bigger
 
 
 def task_loss(model: TaskModel, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

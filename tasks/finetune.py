@@ -41,14 +41,18 @@ def load_split(
 
 
 def initial_gpt(ctx: StageContext, section: dict[str, Any], vocab_size: int) -> GPT:
-    """The GPT fine-tuning starts from: pretrained (upstream stage), scratch (seeded random init), or a dir."""
+    """The GPT fine-tuning starts from: pretrained (upstream stage), scratch (seeded random init), or a model
+    directory (e.g. from `gptflow import-hf`), its embedding grown for the special tokens it lacks."""
+    from gpt.finetune import extend_vocab
+
     init = section["recipe"]["init"]
     if init == "pretrained":
         return load_model(ctx.inputs["pretrain"] / MODEL_DIR)
     if init == "scratch":
         torch.manual_seed(section["seed"])
         return GPT(GPTConfig.from_model_config(ModelConfig(**section["model"]), vocab_size))
-    return load_model(Path(init).expanduser())
+    torch.manual_seed(section["seed"])  # the rows extend_vocab adds for tokens the imported model lacks
+    return extend_vocab(load_model(Path(init).expanduser()), vocab_size)
 
 
 def compute(ctx: StageContext) -> StageOutput:

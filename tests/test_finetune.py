@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gpt.config import FinetuneConfig
-from gpt.finetune import FinetuneModule, TaskModel, finetune, predict
+from gpt.finetune import FinetuneModule, TaskModel, extend_vocab, finetune, predict
 from gpt.model import GPT, GPTConfig
 from gpt.tasks_spec import Example
 from gpt.tokenizer import SPLIT_PATTERN, build_encoding
@@ -123,3 +123,13 @@ def test_best_checkpoint_restores_the_best_dev_epoch(enc, tmp_path):
     # the model holds the best epoch's weights: its dev accuracy is the reported best
     acc = (predict(model, dev).argmax(-1) == torch.tensor([e.label for e in dev])).float().mean()
     assert abs(float(acc) - result.best_dev_metric) < 1e-6
+
+
+def test_extend_vocab_keeps_learned_rows(enc):
+    gpt = tiny_gpt(enc)
+    small = GPT(GPTConfig(vocab_size=100, n_layer=1, n_head=2, n_embd=16, block_size=48, dropout=0.0))
+    grown = extend_vocab(small, 260)
+    assert grown.wte.weight.shape[0] >= 260 and grown.config.vocab_size == 260
+    assert torch.equal(grown.wte.weight[:100], small.wte.weight)
+    assert torch.equal(grown.h[0].mlp.c_fc.weight, small.h[0].mlp.c_fc.weight)
+    assert extend_vocab(gpt, 100) is gpt

@@ -78,3 +78,15 @@ def test_no_pretraining_variant_needs_no_pretrained_model(tmp_path, upstream):
     cfg = load_config(None, [*TINY, *QUICK, "finetune.tasks=[sst2]", "ablations=[no_pretraining]"])
     ev, _ = run_variant(tmp_path, {"tokenizer": upstream["tokenizer"]}, cfg, "sst2-no_pretraining")
     assert 0.0 <= ev.summary["accuracy"] <= 1.0
+
+
+def test_init_from_a_model_directory_with_a_smaller_vocabulary(tmp_path, upstream):
+    """Like an `import-hf` directory: the model lacks the special tokens, so its embedding grows."""
+    cfg = load_config(None, TINY)
+    small = GPT(GPTConfig.from_model_config(cfg.model, 200))
+    save_model(small, tmp_path / "imported")
+    cfg = load_config(None, [*TINY, *QUICK, "finetune.tasks=[rte]", f"finetune.init={tmp_path / 'imported'}"])
+    stages = {s.name: s for s in build_plan(cfg, tmp_path / "artifacts")}
+    assert stages["finetune[rte]"].upstream == ["tokenizer"]
+    ev, _ = run_variant(tmp_path, {"tokenizer": upstream["tokenizer"]}, cfg, "rte")
+    assert 0.0 <= ev.summary["accuracy"] <= 1.0
