@@ -167,7 +167,10 @@ def _hf_documents(source: str) -> Iterator[RawDocument]:
         rows = iter(ds)
         first = next(rows, None)
     except OSError as e:  # offline mode, no network, unknown data set or revision
-        raise SourceError(f"cannot load {source} ({type(e).__name__}: {e}); {hf_offline_hint(source)}") from None
+        raise SourceError(
+            f"cannot load {source} ({type(e).__name__}: {e}); {hf_offline_hint(source)}",
+            transient=not offline and not isinstance(e, FileNotFoundError),  # network trouble: retried
+        ) from None
     for row in itertools.chain([first], rows) if first is not None else ():
         if column not in row:
             raise SourceError(f"{source}: no column '{column}' (columns: {', '.join(row)}); add &column=<name>")

@@ -17,13 +17,22 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import HTTPError
 from urllib.parse import parse_qs, quote, urlparse
 
 MIRROR_SCHEME = "mirror://"
 
 
 class SourceError(ValueError):
-    """A source that cannot be resolved; the message names it and says how to provide it."""
+    """A source that cannot be resolved; the message names it and says how to provide it.
+
+    `transient` marks a network failure worth retrying (the stage runner retries those with backoff);
+    a missing file, a malformed source or a checksum mismatch is not.
+    """
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -176,20 +185,29 @@ def download(url: str, sha256: str, cache_dir: Path) -> Path:
     done = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response, open(partial, "ab") as out:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            if done and response.status != 206:  # the server ignored the range: start over
+                done = 0
             from tqdm import tqdm
 
+            out = open(partial, "ab" if done else "wb")  # noqa: SIM115 (closed by the with below)
             total = int(response.headers.get("Content-Length", 0)) + done
-            with tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=Path(url).name) as bar:
+            with out, tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=Path(url).name) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
     except OSError as e:
+        client_error = isinstance(e, HTTPError) and 400 <= e.code < 500 and e.code not in (408, 429)
         raise SourceError(
             f"cannot download {url} ({e}); offline, put the file in the mirror "
-            f"(GPTFLOW_MIRROR, currently {mirror_dir()}) or pass a local path"
+            f"(GPTFLOW_MIRROR, currently {mirror_dir()}) or pass a local path",
+            transient=not client_error,
         ) from None
-    _check_sha(partial, sha256, url)
+    try:
+        _check_sha(partial, sha256, url)
+    except SourceError:
+        partial.unlink()  # a retry downloads it afresh
+        raise
     partial.rename(target)
     return target
 
