@@ -3,8 +3,8 @@
 Prints, for one vocab size on this machine:
   - BPE training: rustbpe (what the `tokenizer` stage uses) vs HF tokenizers' BpeTrainer, same text;
   - encode throughput: the `encode` stage (`gpt.shards.encode_corpus`, JSONL in, shards out) vs raw
-    tiktoken `encode_ordinary_batch` on the same documents and encoding, and vs HF tokenizers'
-    `encode_batch` with its own BPE of the same vocab size;
+    tiktoken `encode_ordinary_batch` (with as many threads) on the same documents and encoding, and
+    vs HF tokenizers' `encode_batch` with its own BPE of the same vocab size;
   - peak RSS of encoding a corpus of `--size-mb` built by repeating the books, in a fresh
     subprocess (its threads share its memory): the child's VmHWM from /proc (Linux). ru_maxrss
     would not do: a forked child inherits the benchmark's own high-water mark through exec.
@@ -119,7 +119,7 @@ def main() -> None:
 
         enc = build_encoding(ranks, SPLIT_PATTERN)
         save_tokenizer(enc, ranks, tmp / "tok")
-        _, t_raw = timed(lambda: enc.encode_ordinary_batch(docs))
+        _, t_raw = timed(lambda: enc.encode_ordinary_batch(docs, num_threads=workers))  # as many threads as ours
         (tmp / "shards").mkdir()
         _, t_stage = timed(lambda: encode_corpus(tmp / "corpus.jsonl", enc, tmp / "shards", 0.05, 0, workers=workers))
         _, t_hf = timed(lambda: hf_tok.encode_batch(docs))
