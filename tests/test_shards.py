@@ -67,7 +67,7 @@ def test_every_document_lands_whole_in_exactly_one_split(tmp_path, enc):
     assert stats.val_bytes_per_token > 1
 
 
-def test_worker_pool_writes_the_same_shards(tmp_path, enc):
+def test_encoding_threads_write_the_same_shards_as_one_thread(tmp_path, enc):
     corpus = write_corpus(tmp_path / "corpus.jsonl", DOCS)
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
