@@ -76,14 +76,17 @@ def stop_server(proc: subprocess.Popen) -> None:
 @contextmanager
 def prefect_api() -> Iterator[None]:
     """Point Prefect at a temporary API server owned by this process, unless PREFECT_API_URL is set."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
 
+    from tasks.locks import file_lock
+
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
-    proc, url = start_server(timeout)
+    with file_lock(PREFECT_HOME.value() / "server-start.lock"):  # one database migration at a time
+        proc, url = start_server(timeout)
     try:
         with temporary_settings({PREFECT_API_URL: url}):
             try:

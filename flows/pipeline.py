@@ -13,6 +13,7 @@ from prefect.states import Failed, State
 
 from flows.workspace import Workspace
 from gpt.config import ExperimentConfig, from_dict
+from tasks.locks import file_lock
 from tasks.plan import build_plan, select
 from tasks.registry import register_stage_model
 from tasks.report import REPORT_FILE, REPORT_FILES
@@ -40,7 +41,8 @@ def pipeline(
     plan = build_plan(cfg, ws.artifacts)
     selected, forced = select(plan, only, from_stage, force)
     by_name = {s.name: s for s in plan}
-    tracker = Tracker(ws.tracking_uri, cfg.experiment, ws.artifact_location)
+    with file_lock(ws.root / "mlflow.lock"):  # concurrent runs would race creating the store and experiment
+        tracker = Tracker(ws.tracking_uri, cfg.experiment, ws.artifact_location)
     tags = {"config_hash": cfg.digest(), "git_commit": git_commit(), "prefect_flow_run_id": str(flow_run.id)}
     resumed = [r for r in tracker.close_orphans() if r.data.tags.get("config_hash") == tags["config_hash"]]
     if resumed:  # the latest killed run of this config: this run continues its work

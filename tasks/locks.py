@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 @contextmanager
-def stage_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive flock on `path`; if another process holds it, call `on_wait` once and block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -18,7 +18,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import Failed, State
 
-from tasks.locks import stage_lock
+from tasks.locks import file_lock
 from tasks.stage import Stage, StageContext, StageError, commit, user_error, verify_dir
 
 # Each stage's code lives in tasks/<kind>.py; it is imported only when the stage really runs, so a
@@ -56,7 +56,7 @@ def _compute(
     cache_dir: Path,
     force: bool,
 ) -> dict[str, Any]:
-    with stage_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
+    with file_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
         if force:
             stage.clear()
         if stage.is_done():  # done before we asked, or by the run we waited for

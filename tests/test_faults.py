@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpt.config import ConfigError, load_config
-from tasks.locks import stage_lock
+from tasks.locks import file_lock
 from tasks.plan import build_plan, check_stages, describe, select
 from tasks.stage import StageError, commit, user_error, verify_dir, why_stale
 
@@ -101,8 +101,8 @@ def test_flock_is_released_when_its_holder_is_sigkilled(tmp_path):
     lock = tmp_path / "k.lock"
     script = (
         "import pathlib, time\n"
-        "from tasks.locks import stage_lock\n"
-        f"with stage_lock(pathlib.Path({str(lock)!r})):\n"
+        "from tasks.locks import file_lock\n"
+        f"with file_lock(pathlib.Path({str(lock)!r})):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(60)\n"
     )
@@ -121,7 +121,7 @@ def test_flock_is_released_when_its_holder_is_sigkilled(tmp_path):
         waited.append(True)
         os.kill(holder_pid, signal.SIGKILL)
 
-    with stage_lock(lock, on_wait=kill_holder):
+    with file_lock(lock, on_wait=kill_holder):
         pass
     holder.wait()
     assert waited == [True] and time.monotonic() - t0 < 10
