@@ -293,3 +293,36 @@ def test_sigkill_during_a_stage_then_rerun_loses_nothing(stage, uninterrupted, t
 
 
 TIMING_KEYS = ("tokens_per_sec", "mfu", "fit_seconds", "resumed_from_step")
+
+
+def test_broken_checkpoint_is_set_aside(tmp_path):
+    pretrain = plan_for(tmp_path)["pretrain"]
+    ckpts = pretrain.prepare_partial() / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 truncated mid-save")
+    import torch
+
+    torch.save({"global_step": 3}, ckpts / "good.ckpt")
+    (aside,) = pretrain.set_aside_broken_checkpoints()
+    assert aside == pretrain.partial_dir.parent / f"{pretrain.key}.last.ckpt.corrupt" and aside.is_file()
+    assert not (ckpts / "last.ckpt").exists() and (ckpts / "good.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_closes_runs_as_killed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    proc = gptflow_run(tmp_path)
+    deadline = time.monotonic() + 600
+    while not list(tmp_path.glob("artifacts/pretrain/*.partial")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.terminate()
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gptflow-micro").experiment_id])
+    status = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
+    assert status["parent"] == "KILLED" and status["pretrain"] == "KILLED", (status, out[-2000:])
+    assert status["encode"] == "FINISHED"

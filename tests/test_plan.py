@@ -67,3 +67,42 @@ def test_check_inputs_names_the_key(tmp_path):
         check_inputs(load_config(None, ["finetune.tasks=[sst2, glue]"]))
     with pytest.raises(ConfigError, match="'corpus.source': corpus source not found"):
         check_inputs(load_config(None, [f"corpus.source={tmp_path}/missing.txt"]))
+
+
+def test_force_invalidates_exactly_the_downstream_stages(tmp_path):
+    plan = build_plan(load_config(None), tmp_path)
+    for forced_stage, expected in {
+        "corpus": {s.name for s in plan} - set(),
+        "encode": {s.name for s in plan} - {"corpus", "tokenizer"},
+        "finetune[story_cloze]": {"finetune[story_cloze]", "evaluate[story_cloze]", "report"},
+        "report": {"report"},
+    }.items():
+        _, forced = select(plan, None, None, [forced_stage])
+        assert forced == expected, forced_stage
+    _, forced = select(plan, None, None, ["finetune"])  # a kind selects every stage of that kind
+    assert forced == {s.name for s in plan if s.kind in ("finetune", "evaluate", "report")}
+
+
+def test_only_with_force_recomputes_just_the_named_stage(tmp_path):
+    plan = build_plan(load_config(None), tmp_path)
+    for stage in plan:  # pretend everything is done
+        stage.dir.mkdir(parents=True)
+        (stage.dir / "manifest.json").write_text(f'{{"key": "{stage.key}", "files": {{}}}}')
+    selected, forced = select(plan, ["pretrain"], None, ["pretrain"])
+    assert [s.name for s in selected] == ["pretrain"]
+    assert "pretrain" in forced  # its downstream is invalidated too, but not run by --only
+    selected, forced = select(plan, ["evaluate"], "finetune", None)
+    assert {s.name for s in selected} == {"evaluate[sst2]", "evaluate[story_cloze]"}
+    assert {"finetune[sst2]", "evaluate[sst2]"} <= forced and "pretrain" not in forced
+
+
+def test_from_a_stage_reuses_what_came_before(tmp_path):
+    plan = build_plan(load_config(None), tmp_path)
+    for stage in plan:  # all done but finetune[sst2] and what follows it
+        if stage.name in ("finetune[sst2]", "evaluate[sst2]", "report"):
+            continue
+        stage.dir.mkdir(parents=True)
+        (stage.dir / "manifest.json").write_text(f'{{"key": "{stage.key}", "files": {{}}}}')
+    selected, forced = select(plan, None, "finetune[sst2]", None)
+    assert [s.name for s in selected] == ["finetune[sst2]", "evaluate[sst2]", "report"]
+    assert forced == {"finetune[sst2]", "evaluate[sst2]", "report"}
