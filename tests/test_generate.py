@@ -51,8 +51,10 @@ def test_stream_tokens_yields_one_token_at_a_time(stage_dir):
     assert model.training is True  # restored once the stream ends
 
 
-def test_run_ids_resolve_to_the_pretrain_stage(stage_dir, tmp_path):
+def test_run_ids_resolve_to_the_pretrain_stage(stage_dir, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the workspace's own store
 
     ws = Workspace(tmp_path)
     key = "abc123"

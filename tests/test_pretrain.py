@@ -68,7 +68,9 @@ def test_accumulation_reaches_tokens_per_step():
     assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=100), 64) == 1
 
 
-def test_samples_are_logged_to_mlflow_at_each_validation(shards, tmp_path):
+@pytest.mark.slow  # ~15 s: a fresh MLflow SQLite store
+def test_samples_are_logged_to_mlflow_at_each_validation(shards, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLFlowLogger sets it; don't leak it to other tests
     from mlflow.tracking import MlflowClient
 
     from tasks.mlflow_logger import stage_logger
