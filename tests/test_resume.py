@@ -144,3 +144,20 @@ def test_sigkilled_process_resumes_exactly(shards, tmp_path):
     got = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert got["resumed_from_step"] == 10
     assert got["final_val_loss"] == pytest.approx(want["final_val_loss"], rel=1e-6)
+
+
+class Payload:
+    """An object a pickle could smuggle in; weights_only loading must refuse to rebuild it."""
+
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_resume_refuses_a_checkpoint_with_arbitrary_pickle(shards, tmp_path):
+    import pickle
+
+    shard_dir, vocab = shards
+    tmp_path.mkdir(exist_ok=True)
+    torch.save({"global_step": 3, "payload": Payload()}, tmp_path / LAST_CKPT)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        pretrain(*_setup(vocab), shard_dir, tmp_path, seed=0)
