@@ -52,5 +52,5 @@ class NonFiniteLossStop(L.Callback):
         if loss is not None and not torch.isfinite(loss).all():
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {trainer.global_step}; "
-                "the last good checkpoint is kept — lower the lr or check the data"
+                "checkpoints from earlier steps are kept — lower the lr or check the data"
             )

@@ -88,7 +88,7 @@ def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> Stag
             extra_callbacks=callbacks,
         )
     except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
-        raise StageError(f"stage 'pretrain': {e}") from None
+        raise StageError(str(e)) from None  # the runner prefixes the stage name
     save_model(model, ctx.out / MODEL_DIR)
     for name in (RANKS_FILE, META_FILE):
         shutil.copy2(tok_dir / name, ctx.out / MODEL_DIR / name)
