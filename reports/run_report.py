@@ -30,6 +30,7 @@ PRESET_TAG = "gptflow.config_file"  # the YAML preset a run's config came from (
 ENV_TAG = "gptflow.env."  # gptflow.env.<package>=<version>, gptflow.env.hw.<key>=<value>
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. Shall I compare thee to a summer's day?"
 NOT_TASK_METRICS = {"examples", "majority_rate", "loss", "seconds"}
+POINTS = {"accuracy", "f1", "matthews", "pearson", "spearman"}  # shown ×100, as the GPT-1 paper does
 
 
 @dataclass
@@ -271,19 +272,20 @@ def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path,
         names = [k for k in names if k not in NOT_TASK_METRICS]
         for metric in names:
             paper = paper_number(task, metric)
+            show = _pct if metric in POINTS else _num
             rows.append(
                 [
                     task,
                     metric,
-                    _pct(main.get(metric)),
-                    *[_pct(per.get(v, {}).get(metric)) for v in variants],
+                    show(main.get(metric)),
+                    *[show(per.get(v, {}).get(metric)) for v in variants],
                     _pct(main.get("majority_rate")) if metric == "accuracy" else "",
                     f"{paper}" if paper is not None else "—",
                 ]
             )
     blocks: list[Block] = [
         Heading("Tasks (dev split)"),
-        Para("Scores ×100. Ablation columns are the variants run beside the main recipe."),
+        Para("Accuracy, F1 and correlations ×100. Columns after `this run`: ablation and seed variants of the recipe."),
         Table(header, rows),
     ]
     for task in sorted(grouped):
