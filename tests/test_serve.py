@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,20 @@ def test_bad_cron_is_one_line(tmp_path, capsys):
     )
 
 
+def registered(name: str, get_client, proc: subprocess.Popen, timeout: float = 180):
+    """The deployment, once `flow.serve` has registered it (it prints its banner first)."""
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                return client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            assert proc.poll() is None and time.monotonic() < deadline, "the deployment was never registered"
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_served_deployment_has_the_schedule_and_runs(tmp_path):
     from prefect.client.orchestration import get_client
@@ -42,8 +57,7 @@ def test_served_deployment_has_the_schedule_and_runs(tmp_path):
         url = re.search(r"Prefect API at (\S+)", line)
         assert url, line + proc.stdout.read() if proc.poll() is not None else line
         with temporary_settings({PREFECT_API_URL: url.group(1)}):
-            with get_client(sync_client=True) as client:
-                deployment = client.read_deployment_by_name("gptflow-pipeline/nightly")
+            deployment = registered("gptflow-pipeline/nightly", get_client, proc)
             assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
             assert deployment.parameters["only"] == ["corpus"]
             flow_run = run_deployment("gptflow-pipeline/nightly", timeout=300, poll_interval=1)
