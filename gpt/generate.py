@@ -76,6 +76,17 @@ def stream_tokens(
         model.train(was_training)
 
 
-def generate(model: GPT, prompt: list[int], max_new_tokens: int, **kwargs) -> list[int]:
-    """New token ids after `prompt` as a list (see `stream_tokens` for the options)."""
-    return list(stream_tokens(model, prompt, max_new_tokens, **kwargs))
+def generate(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_id: int | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> list[int]:
+    """New token ids after `prompt` as a list; temperature 0 means greedy (see `stream_tokens`)."""
+    tokens = stream_tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_id, generator, use_cache)
+    return list(tokens)
