@@ -9,6 +9,9 @@ common; a task a run did not run is blank in its row.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -26,20 +29,29 @@ LOWER_IS_BETTER = ("loss", "mse", "seconds")
 HIDDEN_TASK_METRICS = {"examples", "majority_rate"}
 
 
+@contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """`mlflow.search_runs` reads the global tracking URI; setting it also exports MLFLOW_TRACKING_URI: restore both."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the global and the variable
+
+
 def pipeline_runs(tracking_uri: str, experiment: str | None = None, run_ids: list[str] | None = None) -> pd.DataFrame:
     """`mlflow.search_runs` over pipeline parent runs: of one experiment, or the given ids, else all finished."""
-    mlflow.set_tracking_uri(tracking_uri)
     where = PIPELINE_FILTER
     if run_ids:
         where += " and attributes.run_id IN (" + ", ".join(f"'{r}'" for r in run_ids) + ")"
     elif not experiment:
         where += " and attributes.status = 'FINISHED'"
-    if experiment:
-        if MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
-            raise ConfigError(f"compare: no MLflow experiment named {experiment!r} in {tracking_uri}")
-        df = mlflow.search_runs(experiment_names=[experiment], filter_string=where, order_by=["attributes.start_time"])
-    else:
-        df = mlflow.search_runs(search_all_experiments=True, filter_string=where, order_by=["attributes.start_time"])
+    if experiment and MlflowClient(tracking_uri).get_experiment_by_name(experiment) is None:
+        raise ConfigError(f"compare: no MLflow experiment named {experiment!r} in {tracking_uri}")
+    scope = {"experiment_names": [experiment]} if experiment else {"search_all_experiments": True}
+    with _tracking_uri(tracking_uri):
+        df = mlflow.search_runs(filter_string=where, order_by=["attributes.start_time"], **scope)
     if run_ids:
         missing = sorted(set(run_ids) - set(df.get("run_id", [])))
         if missing:

@@ -55,7 +55,7 @@ def test_generate_from_a_registry_uri(registry, capsys):
     assert capsys.readouterr().out.startswith("To be")
 
 
-def test_predict_from_a_registered_fine_tuned_model(registry, capsys):
+def test_predict_from_a_registered_fine_tuned_model(registry, capsys, monkeypatch):
     ws, client, exp, _, task_dir, tok = registry
     for acc in (0.6, 0.5):  # a task metric: higher is better, so `best` stays on version 1
         register_model(client, "reg-sst2", _run(client, exp), task_dir, tok, ("accuracy", acc, True))
@@ -64,7 +64,7 @@ def test_predict_from_a_registered_fine_tuned_model(registry, capsys):
     assert main([*argv, "--workspace", str(ws)]) == 0
     label, probs = capsys.readouterr().out.strip().split("\t")
     assert label in ("negative", "positive") and "negative=" in probs and "positive=" in probs
-    mlflow.set_tracking_uri(client.tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # what pyfunc.load_model resolves models:/ with
     (out,) = mlflow.pyfunc.load_model("models:/reg-sst2@latest").predict(["a moving film"])
     assert abs(sum(out["probabilities"]) - 1) < 1e-3
 
