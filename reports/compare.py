@@ -105,15 +105,19 @@ def metric_names(table: pd.DataFrame) -> list[str]:
     return list(table.attrs.get("metrics", []))
 
 
-def best_rows(table: pd.DataFrame) -> dict[str, int]:
-    """Metric column -> row position of its best value (lowest for losses, highest otherwise)."""
+def best_rows(table: pd.DataFrame) -> dict[str, list[int]]:
+    """Metric column -> row positions holding its best value (lowest for losses, highest otherwise).
+
+    A column where every run has the same value has no best and is left out.
+    """
     best = {}
     for c in metric_names(table):
-        values = pd.to_numeric(table[c], errors="coerce")
-        if values.notna().sum() < 1:
+        values = pd.to_numeric(table[c], errors="coerce").reset_index(drop=True)
+        present = values.dropna()
+        if present.nunique() < 2 and len(table) > 1:
             continue
-        lower = any(w in c for w in LOWER_IS_BETTER)
-        best[c] = int(values.reset_index(drop=True).idxmin() if lower else values.reset_index(drop=True).idxmax())
+        target = present.min() if any(w in c for w in LOWER_IS_BETTER) else present.max()
+        best[c] = [int(i) for i in present.index[present == target]]
     return best
 
 
@@ -129,14 +133,15 @@ def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Bl
     cols = [c for c in table.columns if c != "run_id"]
     best = best_rows(table)
     cells = [[name, *[_cell(table.iloc[i][c]) for c in cols]] for i, name in enumerate(table.index)]
-    marks = {(row, cols.index(c) + 1) for c, row in best.items()}
+    marks = {(row, cols.index(c) + 1) for c, rows in best.items() for row in rows}
     params = [c for c in cols if c not in metric_names(table)]
     blocks: list[Block] = [
         Heading(f"gptflow comparison of {len(table)} runs", 1),
         Para(
             "Config keys that differ: "
             + (", ".join(f"`{p}`" for p in params) if params else "none")
-            + ". Best value per metric highlighted (lowest loss, highest score); blank: the run did not have it."
+            + ". Best value per metric highlighted (lowest loss, highest score; none where all runs tie);"
+            + " blank: the run did not have it."
         ),
         Table(["run", *cols], cells, marks),
     ]

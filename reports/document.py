@@ -22,7 +22,7 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px so
 text-align:left;vertical-align:top}th{background:#edf2f7}td.best{background:#c6f6d5;font-weight:600}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f4f6f8}pre{padding:.8em;overflow-x:auto;
 white-space:pre-wrap}img{max-width:100%;border:1px solid #e2e8f0;margin:.4em 0}figure{margin:1em 0}
-figcaption{color:#4a5568;font-size:.9em}
+figcaption{color:#4a5568;font-size:.9em}div.scroll{overflow-x:auto}
 """
 
 
@@ -137,7 +137,8 @@ def to_html(blocks: list[Block], title: str, base_dir: Path) -> str:
                 + "</tr>"
                 for i, r in enumerate(b.rows)
             )
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+            body.append(f'<div class="scroll">{table}</div>')
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"

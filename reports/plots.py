@@ -36,7 +36,7 @@ def bar_chart(
     for i, (label, values) in enumerate(bars.items()):
         xs = [g + i * width for g, v in enumerate(values) if v is not None]
         ax.bar(xs, [v for v in values if v is not None], width, label=label)
-    ax.set_xticks([g + width * (len(bars) - 1) / 2 for g in range(len(groups))], groups)
+    ax.set_xticks([g + width * (len(bars) - 1) / 2 for g in range(len(groups))], groups, rotation=25, ha="right")
     ax.set(ylabel=ylabel, title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
