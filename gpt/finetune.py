@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,9 @@ def finetune(
     )
     last = ckpt_dir / LAST_CKPT
     resume = last if last.is_file() else None
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=dev_loader, ckpt_path=resume)
+    with warnings.catch_warnings():  # without a dev split the validation_step is simply unused
+        warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`")
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=dev_loader, ckpt_path=resume)
     m = trainer.callback_metrics
     best_metric = float(m.get(monitor, float("nan")))
     if best is not None and best.best_model_path:

@@ -106,13 +106,6 @@ def read_table(
     return header, rows
 
 
-def require_columns(path: Path, columns: list[str], needed: dict[str, str]) -> None:
-    """Raise TaskDataError naming the file and the first missing column; `needed` maps column -> its role."""
-    for column, role in needed.items():
-        if column not in columns:
-            raise TaskDataError(f"{path}: no column {column!r} ({role}); the file has columns {columns}")
-
-
 def label_index(path: Path, lineno: int, column: str, value: Any, labels: tuple[str, ...]) -> int:
     """The index of `value` in the label set, or a TaskDataError naming file, line and column."""
     text = str(value).strip()
