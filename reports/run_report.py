@@ -29,7 +29,7 @@ MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
 PRESET_TAG = "gptflow.config_file"  # the YAML preset a run's config came from (diffed in the header)
 ENV_TAG = "gptflow.env."  # gptflow.env.<package>=<version>, gptflow.env.hw.<key>=<value>
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. Shall I compare thee to a summer's day?"
-NOT_TASK_METRICS = {"examples", "majority_rate", "loss", "seconds"}
+NOT_TASK_METRICS = {"examples", "test_examples", "majority_rate", "loss", "seconds"}
 POINTS = {"accuracy", "f1", "matthews", "pearson", "spearman"}  # shown ×100, as the GPT-1 paper does
 
 

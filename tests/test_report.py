@@ -90,6 +90,15 @@ def test_confusion_matrix_from_predictions(recorded):
     )
 
 
+def test_confusion_matrix_from_the_evaluate_stage_file(recorded, tmp_path):
+    ws, run_id = recorded
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    run = client.create_run(client.get_run(run_id).info.experiment_id)
+    client.log_text(run.info.run_id, '{"labels": ["neg", "pos"], "matrix": [[3, 1], [2, 4]]}', "confusion.json")
+    client.log_text(run.info.run_id, "label,prediction\n0,0\n", "predictions.csv")  # the file wins over this
+    assert confusion(client, client.get_run(run.info.run_id), tmp_path) == (["neg", "pos"], [[3, 1], [2, 4]])
+
+
 def test_config_diff_falls_back_to_defaults():
     label, rows = config_diff({"pretrain.lr": "0.5", "seed": "1234"}, None)
     assert label == "the built-in defaults"
