@@ -219,12 +219,13 @@ def finetune(
 
 @torch.no_grad()
 def predict(model: TaskModel, examples: list[EncodedExample], batch_size: int = 64) -> torch.Tensor:
-    """Task logits [N, K] (or [N, 1] scores) for encoded examples, in order."""
+    """Task logits [N, K] (or [N, 1] scores) for encoded examples, in order, on the CPU."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for batch in DataLoader(examples, batch_size=batch_size, collate_fn=collate):
-        logits, _ = model(batch["tokens"], batch["lengths"], with_lm=False)
-        out.append(logits.float())
+        logits, _ = model(batch["tokens"].to(device), batch["lengths"].to(device), with_lm=False)
+        out.append(logits.float().cpu())
     return torch.cat(out)
 
 

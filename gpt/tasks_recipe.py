@@ -94,7 +94,7 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key 'finetune.per_task.{name}': {name!r} is not in finetune.tasks")
     for i, name in enumerate(cfg.pretrain.zeroshot_tasks):
         try:
-            spec = get_task(name)
+            spec = get_task(name, cfg.tasks)
         except KeyError as e:
             raise ConfigError(f"config key 'pretrain.zeroshot_tasks[{i}]': {e.args[0]}") from None
         if spec.type != "multiple_choice" and name not in SENTIMENT_VERBALIZERS:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt.benchmarks import get_task
+from gpt.config import CustomTaskConfig
 from gpt.model import GPT
 from gpt.tasks_spec import SENTIMENT_VERBALIZERS, TaskSpec, cap_examples
 
@@ -114,7 +115,13 @@ class ZeroShotEval(L.Callback):
 
 
 def zeroshot_callback(
-    names: list[str], enc: tiktoken.Encoding, cache_dir: Path, max_examples: int | None, seed: int
+    names: list[str],
+    enc: tiktoken.Encoding,
+    cache_dir: Path,
+    max_examples: int | None,
+    seed: int,
+    custom: dict[str, CustomTaskConfig] | None = None,
 ) -> ZeroShotEval:
-    """The callback for built-in/hub tasks `names` (checked by `check_task_inputs` before compute)."""
-    return ZeroShotEval([build_zeroshot_set(get_task(n), enc, cache_dir, max_examples, seed) for n in names])
+    """The callback for tasks `names`, built-in or custom (checked by `check_task_inputs` before compute)."""
+    sets = [build_zeroshot_set(get_task(n, custom), enc, cache_dir, max_examples, seed) for n in names]
+    return ZeroShotEval(sets)

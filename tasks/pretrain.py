@@ -76,7 +76,8 @@ def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> Stag
         from gpt.zeroshot import zeroshot_callback
 
         p = cfg.pretrain
-        callbacks.append(zeroshot_callback(p.zeroshot_tasks, enc, ctx.cache_dir, p.zeroshot_examples, cfg.seed))
+        zeroshot = zeroshot_callback(p.zeroshot_tasks, enc, ctx.cache_dir, p.zeroshot_examples, cfg.seed, cfg.tasks)
+        callbacks.append(zeroshot)
     try:
         model, result = pretrain(
             gpt_config,

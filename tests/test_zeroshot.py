@@ -11,7 +11,14 @@ from gpt.config import ConfigError, load_config
 from gpt.model import GPT, GPTConfig
 from gpt.tasks_recipe import check_task_inputs
 from gpt.tokenizer import SPLIT_PATTERN, build_encoding
-from gpt.zeroshot import ZeroShotEval, ZeroShotSet, build_zeroshot_set, continuation_logprobs, zeroshot_accuracy
+from gpt.zeroshot import (
+    ZeroShotEval,
+    ZeroShotSet,
+    build_zeroshot_set,
+    continuation_logprobs,
+    zeroshot_accuracy,
+    zeroshot_callback,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +101,19 @@ def test_zero_shot_config_is_checked_before_compute():
     check_task_inputs(load_config(None, ["pretrain.zeroshot_tasks=[sst2, story_cloze, race]"]))
     with pytest.raises(ConfigError, match=r"'pretrain\.zeroshot_tasks\[0\]': 'rte' has no zero-shot form"):
         check_task_inputs(load_config(None, ["pretrain.zeroshot_tasks=[rte]"]))
+
+
+def test_custom_multiple_choice_task_zero_shot(enc, tmp_path):
+    (tmp_path / "mc.jsonl").write_text('{"q": "sky is", "a": "blue", "b": "loud", "ok": "a"}\n')
+    cfg = load_config(
+        None,
+        [
+            "pretrain.zeroshot_tasks=[quiz]",
+            f"tasks={{quiz: {{type: multiple_choice, train: {tmp_path}/mc.jsonl, dev: {tmp_path}/mc.jsonl, "
+            "columns: {context: q, answers: [a, b]}, label: ok, labels: [a, b]}}",
+        ],
+    )
+    check_task_inputs(cfg)
+    callback = zeroshot_callback(["quiz"], enc, tmp_path, None, 0, cfg.tasks)
+    (data,) = callback.sets
+    assert [bytes(c).decode() for c in data.continuations] == [" blue", " loud"] and data.labels.tolist() == [0]
