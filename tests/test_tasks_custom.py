@@ -177,3 +177,34 @@ def test_unknown_task_and_stray_override(tmp_path):
         check_task_inputs(load_config(None, ["finetune.tasks=[sst2]", "finetune.per_task={rte: {lr: 0.1}}"]))
     with pytest.raises(ConfigError, match=r"'finetune\.init' must be pretrained \| scratch \| a model directory"):
         check_task_inputs(load_config(None, ["finetune.init=/no/such/dir"]))
+
+
+def test_url_splits_are_downloaded_with_their_checksum(tmp_path, monkeypatch):
+    local = write(tmp_path / "fetched", "text,label\nhi,b\n")
+    calls = []
+
+    def fake_download(url, sha256, cache_dir):
+        calls.append((url, sha256, cache_dir))
+        return local
+
+    monkeypatch.setattr("gpt.custom_tasks.download", fake_download)
+    cfg = config(
+        tmp_path,
+        """
+        type: classification
+        train: https://example.org/data/train.csv#sha256=abc123
+        dev: https://example.org/data/dev.csv#sha256=def456
+        columns: {text: text}
+        labels: [a, b]
+        """,
+    )
+    check_task_inputs(cfg)  # URL splits are not fetched before compute
+    assert calls == []
+    examples = get_task("mine", cfg.tasks).load("train", tmp_path / "cache")
+    assert [(e.fields, e.label) for e in examples] == [(("hi",), 1)]
+    assert calls == [("https://example.org/data/train.csv", "abc123", tmp_path / "cache")]
+    with pytest.raises(ConfigError, match=r"'tasks\.mine\.dev': an https file needs '#sha256=<hex>'"):
+        config(
+            tmp_path,
+            "type: classification\ntrain: a.csv\ndev: https://e.org/dev.csv\ncolumns: {text: t}\nlabels: [a, b]\n",
+        )
