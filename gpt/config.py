@@ -90,8 +90,8 @@ class PretrainConfig:
     ckpt_every: int = 50
     log_every: int = 10
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
-    strategy: str = "auto"
-    devices: str = "auto"
+    strategy: str = "auto"  # auto | ddp | fsdp | fsdp_cpu_offload | deepspeed[_stage_N] (if installed)
+    devices: str = "auto"  # per node: auto, a count ("2") or a list of device ids ("0,1")
     accelerator: str = "auto"
     sample_tokens: int = 48  # length of the continuations sampled after training
     schedule: Literal["cosine", "linear"] = "cosine"  # after warmup: cosine to min_lr_ratio, or linear to 0
@@ -101,6 +101,7 @@ class PretrainConfig:
     ckpt_keep: int = 2  # step checkpoints kept besides last.ckpt
     zeroshot_tasks: list[str] = field(default_factory=list)  # scored zero-shot at each validation (GPT-1 Fig. 2)
     zeroshot_examples: int | None = 200  # dev examples per zero-shot task (None: all)
+    activation_checkpointing: bool = False  # fsdp: recompute each Transformer block in the backward pass
 
 
 @dataclass
@@ -336,6 +337,15 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
 
 
 # (key, predicate, requirement) checked after types; messages say what is allowed.
+def _strategy_available(name: str) -> bool:
+    """A Lightning training strategy gptflow supports; deepspeed only when the package is installed."""
+    if name.startswith("deepspeed"):
+        import importlib.util
+
+        return importlib.util.find_spec("deepspeed") is not None
+    return name in ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "fsdp_cpu_offload")
+
+
 _RANGES: dict[type, list[tuple[str, Any, str]]] = {
     CorpusSourceConfig: [
         ("source", lambda v: bool(v.strip()), "a non-empty source (see README, Data offline)"),
@@ -368,6 +378,7 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("log_every", lambda v: v >= 1, ">= 1"),
         ("tokens_per_step", lambda v: v is None or v >= 1, ">= 1"),
         ("num_nodes", lambda v: v >= 1, ">= 1"),
+        ("strategy", _strategy_available, "auto, ddp, ddp_spawn, fsdp, fsdp_cpu_offload or deepspeed (installed)"),
         ("ckpt_keep", lambda v: v >= 0, ">= 0"),
         ("zeroshot_examples", lambda v: v is None or v >= 1, ">= 1"),
     ],

@@ -1,8 +1,13 @@
 """Language-model batches from memory-mapped token shards.
 
-Training windows are drawn at random, but as a pure function of (seed, micro-batch index): a run
-resumed at optimizer step k sees exactly the batches an uninterrupted run sees from step k on, with
-no sampler state. The loaders get their own torch.Generator so that creating an iterator never
+Training windows are drawn at random, but as a pure function of (seed, optimizer step): step k's
+global batch is `global_batch` windows drawn from rng(seed, k), and each (micro-batch, rank) takes
+its own slice of it. So a run resumed at step k sees exactly the batches an uninterrupted run sees
+from step k on, with no sampler state, and the windows of a step do not depend on how they are split
+between devices and accumulation (2 DDP ranks x 8 windows = 1 process x 16 = 1 process x 8 x 2
+accumulated), which is what lets a checkpoint resume on a different device count.
+
+The loaders get their own torch.Generator so that creating an iterator never
 draws from the global RNG (which drives dropout and is saved in checkpoints).
 """
 
@@ -26,22 +31,40 @@ def _windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[
 
 
 class RandomWindows(IterableDataset):
-    """Endless batches of random (input, target) windows; micro-batch `s` depends only on (seed, s)."""
+    """Endless batches of random (input, target) windows: this rank's slices of each step's global batch.
 
-    def __init__(self, shard_dir: Path, block_size: int, batch_size: int, seed: int, start_step: Callable[[], int]):
+    Micro-batch `m` of rank `r` (of `world` ranks, `accumulate` micro-batches per step) is slice
+    `(m % accumulate) * world + r` of step `m // accumulate`'s global batch, so it depends only on
+    (seed, step, slice).
+    """
+
+    def __init__(
+        self,
+        shard_dir: Path,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        start_micro_batch: Callable[[], int],
+        accumulate: int = 1,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.shard_dir, self.block_size, self.batch_size, self.seed = shard_dir, block_size, batch_size, seed
-        self.start_step = start_step
+        self.start_micro_batch, self.accumulate, self.rank, self.world = start_micro_batch, accumulate, rank, world
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         tokens = open_shard(self.shard_dir, "train")
         high = len(tokens) - self.block_size - 1
         if high <= 0:
             raise ValueError(f"train split has {len(tokens)} tokens, fewer than block_size + 1")
-        step = self.start_step()
+        global_batch = self.batch_size * self.accumulate * self.world
+        micro = self.start_micro_batch()
         while True:
-            offsets = np.random.default_rng([self.seed, step]).integers(0, high, size=self.batch_size)
-            yield _windows(tokens, offsets, self.block_size)
-            step += 1
+            step, within = divmod(micro, self.accumulate)
+            first = (within * self.world + self.rank) * self.batch_size
+            offsets = np.random.default_rng([self.seed, step]).integers(0, high, size=global_batch)
+            yield _windows(tokens, offsets[first : first + self.batch_size], self.block_size)
+            micro += 1
 
 
 class FixedWindows(torch.utils.data.Dataset):
@@ -64,21 +87,36 @@ class FixedWindows(torch.utils.data.Dataset):
 
 
 class ShardDataModule(L.LightningDataModule):
-    """Train/val loaders over an `encode` stage directory; batches are built whole, so batch_size=None."""
+    """Train/val loaders over an `encode` stage directory; batches are built whole, so batch_size=None.
 
-    def __init__(
-        self, shard_dir: Path, block_size: int, batch_size: int, val_batches: int, seed: int, accumulate: int = 1
-    ):
+    Rank, world size and gradient accumulation are read from the trainer, so one module serves any
+    device count.
+    """
+
+    def __init__(self, shard_dir: Path, block_size: int, batch_size: int, val_batches: int, seed: int):
         super().__init__()
         self.shard_dir, self.block_size, self.batch_size = Path(shard_dir), block_size, batch_size
-        self.val_batches, self.seed, self.accumulate = val_batches, seed, accumulate
+        self.val_batches, self.seed = val_batches, seed
+
+    def _accumulate(self) -> int:
+        return self.trainer.accumulate_grad_batches if self.trainer is not None else 1
 
     def _first_micro_batch(self) -> int:
-        """Index of the next micro-batch: optimizer steps done times micro-batches per step."""
-        return self.trainer.global_step * self.accumulate if self.trainer is not None else 0
+        """Index of this rank's next micro-batch: optimizer steps done times micro-batches per step."""
+        return self.trainer.global_step * self._accumulate() if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        ds = RandomWindows(self.shard_dir, self.block_size, self.batch_size, self.seed, self._first_micro_batch)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        ds = RandomWindows(
+            self.shard_dir,
+            self.block_size,
+            self.batch_size,
+            self.seed,
+            self._first_micro_batch,
+            self._accumulate(),
+            rank,
+            world,
+        )
         return DataLoader(ds, batch_size=None, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:

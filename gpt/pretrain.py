@@ -3,6 +3,11 @@
 Resume is exact: batches are a pure function of (seed, step) (see gpt/lm_data.py) and the RNG
 states that drive dropout are saved in every checkpoint, so a killed run continued from its last
 checkpoint ends with the same weights as an uninterrupted one (on CPU, bit for bit).
+
+Scaling out uses Lightning's own strategies (`pretrain.strategy`: ddp, fsdp, deepspeed). A step's
+global batch is the same set of windows whatever the device count (gpt/lm_data.py), gradient
+accumulation keeps `tokens_per_step` fixed as devices change, and Lightning writes one full
+checkpoint from rank 0, so a run checkpointed on N devices resumes on M.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
 from gpt.callbacks import NonFiniteLossStop, TokenThroughput
 from gpt.config import PretrainConfig
 from gpt.lm_data import ShardDataModule
-from gpt.model import GPT, GPTConfig
+from gpt.model import GPT, Block, GPTConfig
 from gpt.optim import adamw, warmup_cosine, warmup_linear
 
 LAST_CKPT = "last.ckpt"
@@ -72,11 +78,12 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True)  # mean over ranks: the global batch's loss
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch), prog_bar=True, on_epoch=True, batch_size=batch[0].size(0))
+        loss = self._loss(batch)
+        self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].size(0), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         c = self.train_cfg
@@ -112,6 +119,7 @@ class PretrainResult:
     mfu: float
     fit_seconds: float
     accumulate_grad_batches: int
+    world_size: int
 
 
 def resolve_precision(precision: str) -> str:
@@ -121,13 +129,23 @@ def resolve_precision(precision: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
-def accumulation(cfg: PretrainConfig, block_size: int) -> int:
-    """Micro-batches per optimizer step so that a step sees about `tokens_per_step` tokens (1 if unset)."""
+def accumulation(cfg: PretrainConfig, block_size: int, world_size: int = 1) -> int:
+    """Micro-batches per optimizer step so a step sees about `tokens_per_step` tokens over all ranks (1 if unset)."""
     if cfg.tokens_per_step is None:
         return 1
-    devices = int(cfg.devices) if str(cfg.devices).isdigit() else 1
-    per_micro_batch = cfg.batch_size * block_size * devices * cfg.num_nodes
+    per_micro_batch = cfg.batch_size * block_size * world_size
     return max(1, round(cfg.tokens_per_step / per_micro_batch))
+
+
+def training_strategy(cfg: PretrainConfig) -> str | Strategy:
+    """Lightning's strategy for `pretrain.strategy`; FSDP shards per Transformer block (optionally recomputing it)."""
+    if cfg.strategy.startswith("fsdp"):
+        checkpointing = {Block} if cfg.activation_checkpointing else None
+        offload = cfg.strategy == "fsdp_cpu_offload"
+        return FSDPStrategy(
+            auto_wrap_policy={Block}, activation_checkpointing_policy=checkpointing, cpu_offload=offload
+        )
+    return cfg.strategy
 
 
 def checkpoint_callback(cfg: PretrainConfig, ckpt_dir: Path) -> ModelCheckpoint:
@@ -153,9 +171,8 @@ def pretrain(
     use_compile = cfg.compile if cfg.compile is not None else torch.cuda.is_available()
     if use_compile:
         module.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
-    accumulate = accumulation(cfg, gpt_config.block_size)
-    data = ShardDataModule(shard_dir, gpt_config.block_size, cfg.batch_size, cfg.val_batches, seed, accumulate)
-    throughput = TokenThroughput(window_size=min(10, cfg.max_steps * accumulate))
+    data = ShardDataModule(shard_dir, gpt_config.block_size, cfg.batch_size, cfg.val_batches, seed)
+    throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
     callbacks: list[L.Callback] = [
         checkpoint_callback(cfg, ckpt_dir),
         throughput,
@@ -169,11 +186,9 @@ def pretrain(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=training_strategy(cfg),
         precision=resolve_precision(cfg.precision),
         gradient_clip_val=cfg.grad_clip,
-        accumulate_grad_batches=accumulate,
-        val_check_interval=cfg.val_every * accumulate,  # counted in micro-batches
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every,
@@ -182,18 +197,26 @@ def pretrain(
         enable_model_summary=False,
         default_root_dir=ckpt_dir,
     )
+    # The world size is known only once Lightning has resolved devices x nodes, so accumulation (and
+    # the validation interval, counted in micro-batches) are set on the trainer before fit reads them.
+    accumulate = accumulation(cfg, gpt_config.block_size, trainer.world_size)
+    trainer.accumulate_grad_batches = accumulate
+    trainer.val_check_interval = cfg.val_every * accumulate
     last = ckpt_dir / LAST_CKPT
     initial_file = ckpt_dir / INITIAL_VAL_FILE
-    if not initial_file.is_file():  # the step-0 val loss, kept so a resumed run still reports it
-        initial_val = trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"]
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        initial_file.write_text(json.dumps({"val_loss": float(initial_val)}))
-    initial = float(json.loads(initial_file.read_text())["val_loss"])
+    if initial_file.is_file():  # the step-0 val loss, kept so a resumed run still reports it
+        initial = float(json.loads(initial_file.read_text())["val_loss"])
+    else:
+        initial = float(trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"])
+        if trainer.is_global_zero:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            initial_file.write_text(json.dumps({"val_loss": initial}))
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
     fit_seconds = time.perf_counter() - t0
     resumed_from = module.resumed_from_step
-    tokens = (trainer.global_step - resumed_from) * accumulate * cfg.batch_size * gpt_config.block_size
+    tokens_per_step = accumulate * trainer.world_size * cfg.batch_size * gpt_config.block_size
+    tokens = (trainer.global_step - resumed_from) * tokens_per_step
     tokens_per_sec = tokens / fit_seconds
     final_train = float(trainer.callback_metrics.get("train_loss", float("nan")))
     final_val = float(trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"])
@@ -210,5 +233,6 @@ def pretrain(
         else float("nan"),
         fit_seconds=fit_seconds,
         accumulate_grad_batches=accumulate,
+        world_size=trainer.world_size,
     )
     return module.model, result

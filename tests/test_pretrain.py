@@ -64,7 +64,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(shards, tm
 def test_accumulation_reaches_tokens_per_step():
     assert accumulation(PretrainConfig(batch_size=8), 64) == 1
     assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4), 64) == 4
-    assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4, devices="2"), 64) == 2
+    assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4), 64, world_size=2) == 2
+    assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=8 * 64 * 4), 64, world_size=4) == 1
     assert accumulation(PretrainConfig(batch_size=8, tokens_per_step=100), 64) == 1
 
 
