@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
@@ -63,7 +64,7 @@ def pipeline(
                     tracker.fail(child, state.message)
                     return Failed(name=BAD_INPUT, message=f"stage '{stage.name}': {state.message}")
                 result = state.result()
-            except (KeyboardInterrupt, SystemExit) as e:
+            except (KeyboardInterrupt, SystemExit, TerminationSignal) as e:
                 tracker.fail(child, e, "KILLED")
                 raise
             except BaseException as e:
@@ -81,7 +82,7 @@ def pipeline(
             tracker.log_artifacts(parent, [report.parent / f for f in REPORT_FILES])
             create_markdown_artifact(report.read_text(), key="gptflow-report", description="gptflow run report")
         status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, TerminationSignal):
         status = "KILLED"
         raise
     finally:

@@ -316,3 +316,20 @@ def test_cli_subprocess_bad_input_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("gptflow: error: ") and "config key 'model.dropout' must be in [0, 1)" in lines[0]
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_set_aside_and_training_restarts(capsys, done_ws):
+    """My call for this case: not an error. A truncated `last.ckpt` (a kill mid-save) is moved aside,
+    named in a warning, and the stage trains from step 0."""
+    sets = ["pretrain.max_steps=4", "pretrain.ckpt_every=2", "pretrain.val_every=2"]
+    (pretrain,) = [s for s in build_plan(load_config(MICRO, sets), done_ws / "artifacts") if s.name == "pretrain"]
+    (pretrain.partial_dir / "checkpoints").mkdir(parents=True)
+    (pretrain.partial_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04" + os.urandom(5000))
+    before = snapshot(done_ws)
+    args = ["run", "--config", str(MICRO), "--workspace", str(done_ws), "--only", "pretrain"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 0
+    assert (pretrain.partial_dir.parent / f"{pretrain.key}.last.ckpt.corrupt").is_file()
+    summary = pretrain.manifest()["summary"]
+    assert summary["resumed_from_step"] == 0 and summary["steps"] == 4
+    assert {k: v for k, v in snapshot(done_ws).items() if k in before} == before

@@ -257,7 +257,9 @@ def test_sigkill_during_a_stage_then_rerun_loses_nothing(stage, uninterrupted, t
     proc = gptflow_run(tmp_path)
     deadline = time.monotonic() + 600
     while not KILL_POINTS[stage](tmp_path):
-        assert proc.poll() is None and time.monotonic() < deadline, f"never caught {stage} running"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"never caught {stage} running:\n{proc.communicate()[0][-3000:]}")
         time.sleep(0.01)
     servers = children(proc.pid)
     proc.kill()
