@@ -69,6 +69,10 @@ def finetune_sections(cfg: ExperimentConfig, variant: Variant) -> tuple[dict[str
     ft = {**task, "recipe": r, "seed": cfg.seed if variant.seed is None else variant.seed}
     if r["init"] == "scratch":
         ft["model"] = asdict(cfg.model)
+    elif r["init"] != "pretrained":  # a model directory: a replaced file means a new key
+        init_dir = Path(r["init"]).expanduser()
+        files = sorted(f for f in init_dir.glob("*") if f.is_file()) if init_dir.is_dir() else []
+        ft["init_files"] = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
     ev = {**task, "max_examples": r["max_examples"], "max_len": r["max_len"], "data_seed": cfg.seed}
     return ft, ev
 
