@@ -1,0 +1,117 @@
+"""Scale-out parity on CPU: DDP with 2 processes (gloo) trains exactly like 1 process with the same global batch.
+
+The global batch of a step is the same set of windows whatever the device count (gpt/lm_data.py),
+DDP averages gradients over ranks, and the logged train loss is the mean over ranks, so the loss
+curves must agree to float tolerance (dropout 0). Each run goes through a script in a subprocess so
+that Lightning's subprocess launcher can start rank 1 by re-running it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt.pretrain import INITIAL_VAL_FILE, LAST_CKPT
+from gpt.shards import encode_corpus
+from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK, GLOBAL_BATCH, STEPS = 16, 16, 12
+
+# Train on the CPU with the given devices/strategy/batch size, logging to an existing MLflow run.
+SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from gpt.config import ModelConfig, PretrainConfig
+from gpt.model import GPTConfig
+from gpt.pretrain import pretrain
+from tasks.mlflow_logger import stage_logger
+a = json.loads(sys.argv[1])
+gcfg = GPTConfig.from_model_config(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=a["block"], dropout=0.0),
+                                   a["vocab"])
+tcfg = PretrainConfig(max_steps=a["steps"], batch_size=a["batch"], tokens_per_step=a["tokens_per_step"], lr=3e-3,
+                      warmup_steps=2, val_every=6, val_batches=2, ckpt_every=6, ckpt_keep=2, log_every=1,
+                      accelerator="cpu", devices=str(a["devices"]), strategy=a["strategy"])
+_, result = pretrain(gcfg, tcfg, Path(a["shards"]), Path(a["ckpt"]), seed=0,
+                     logger=stage_logger(a["tracking_uri"], a["run_id"]))
+if os.environ.get("LOCAL_RANK", "0") == "0":
+    Path(a["ckpt"], "result.json").write_text(json.dumps(result.__dict__))
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    docs = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." * 8 for i in range(40)]
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
+    encode_corpus(d / "corpus.jsonl", enc, d, 0.1, seed=0)
+    return d, enc.n_vocab
+
+
+def _train(tmp_path: Path, shards, ckpt: Path, client, experiment_id: str, devices: int, **kw) -> tuple[dict, str]:
+    """Run SCRIPT on `devices` CPU processes; returns rank 0's PretrainResult dict and the MLflow run id."""
+    run_id = client.create_run(experiment_id).info.run_id
+    shard_dir, vocab = shards
+    args = {
+        "block": BLOCK,
+        "vocab": vocab,
+        "steps": STEPS,
+        "batch": GLOBAL_BATCH // devices,
+        "tokens_per_step": GLOBAL_BATCH * BLOCK,
+        "devices": devices,
+        "strategy": "ddp" if devices > 1 else "auto",
+        "shards": str(shard_dir),
+        "ckpt": str(ckpt),
+        "tracking_uri": client.tracking_uri,
+        "run_id": run_id,
+        **kw,
+    }
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(args)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((ckpt / "result.json").read_text()), run_id
+
+
+def _curve(client, run_id: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+
+
+@pytest.mark.slow  # ~1 min: three training subprocesses (one of them 2-process DDP) and a fresh MLflow store
+def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("ddp", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    single, single_run = _train(tmp_path, shards, tmp_path / "one", client, exp, devices=1)
+    ddp, ddp_run = _train(tmp_path, shards, tmp_path / "two", client, exp, devices=2)
+    assert (single["world_size"], single["accumulate_grad_batches"]) == (1, 1)
+    assert (ddp["world_size"], ddp["accumulate_grad_batches"]) == (2, 1)
+
+    one, two = _curve(client, single_run), _curve(client, ddp_run)
+    assert [s for s, _ in two] == [s for s, _ in one] == list(range(STEPS))  # rank 0 only: one value per step
+    diff = max(abs(a - b) for (_, a), (_, b) in zip(one, two, strict=True))
+    print(f"DDP parity: max |train_loss(1 proc) - train_loss(2 procs)| over {STEPS} steps = {diff:.3g}")
+    assert diff < 1e-4
+    assert one[-1][1] < one[0][1] - 0.5  # it did learn
+
+    # The 2-process checkpoint of step 6 resumes on 1 process and ends where the 1-process run ends.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy2(tmp_path / "two" / "step=6.ckpt", resumed / LAST_CKPT)
+    shutil.copy2(tmp_path / "one" / INITIAL_VAL_FILE, resumed / INITIAL_VAL_FILE)
+    cont, _ = _train(tmp_path, shards, resumed, client, exp, devices=1)
+    assert cont["resumed_from_step"] == 6 and cont["steps"] == STEPS
+    print(f"resume 2->1 procs: |final_val_loss diff| = {abs(cont['final_val_loss'] - single['final_val_loss']):.3g}")
+    assert cont["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-4)
