@@ -145,7 +145,7 @@ def _data(client: MlflowClient, parent: Run, stages: dict[str, Run], tmp: Path) 
         ("corpus bytes", _num(m.get("corpus.bytes"))),
         ("train tokens", _num(m.get("encode.train_tokens"))),
         ("val tokens", _num(m.get("encode.val_tokens"))),
-        ("bytes per token", _num(m.get("encode.bytes_per_token"))),
+        ("bytes per token (val)", _num(m.get("encode.val_bytes_per_token", m.get("encode.bytes_per_token")))),
         ("vocabulary", _num(m.get("tokenizer.vocab_size"))),
     ]
     blocks.append(Bullets([f"{k}: {v}" for k, v in facts if v]))

@@ -98,7 +98,7 @@ def record_run(
     _metrics(client, parent, {"tokenizer.vocab_size": 304})
     finished.append(run)
     run = child("encode", "encode")
-    _metrics(client, parent, {"encode.train_tokens": 1800, "encode.val_tokens": 200, "encode.bytes_per_token": 1.9})
+    _metrics(client, parent, {"encode.train_tokens": 1800, "encode.val_tokens": 200, "encode.val_bytes_per_token": 1.9})
     finished.append(run)
     pre = child("pretrain", "pretrain")
     for i, v in enumerate(val_losses):

@@ -63,7 +63,7 @@ def test_report_has_every_section_plot_and_figure(recorded, tmp_path):
     # task row: this run, the no_pretraining ablation, majority class, GPT-1's number
     assert "| task | metric | this run | no_pretraining | majority class | GPT-1 paper |" in md
     assert "| sst2 | accuracy | 75.0 | 55.0 | 50.0 | 91.3 |" in md
-    assert "tokens/s: 2,500" in md and "MFU: 2.00%" in md and "vocabulary: 304" in md
+    assert "tokens/s: 2,500" in md and "MFU: 2.00%" in md and "vocabulary: 304" in md and "per token (val): 1.9" in md
     assert "Sample tokenization" in md and "`samples/step_0000000.txt`" in md and "The final text" in md
     assert "| pretrain | computed |" in md
 
