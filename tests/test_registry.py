@@ -87,3 +87,23 @@ def test_unknown_model_or_wrong_kind_is_one_line_error(registry, capsys):
     ]
     assert main(argv) == 2
     assert "is a pretrained model, not a fine-tuned one" in capsys.readouterr().err
+
+
+def test_pipeline_hook_skips_cached_stages_ablations_and_other_kinds(registry, tmp_path):
+    from gpt.config import load_config
+    from tasks.registry import register_stage_model
+    from tasks.stage import Stage
+
+    _, client, exp, *_ = registry
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "micro.yaml")
+
+    def stage(name: str, kind: str, task: str | None = None) -> Stage:
+        return Stage(name, kind, {}, [], [], "1", tmp_path, task)  # no output dir: registering would fail
+
+    run = _run(client, exp)
+    assert register_stage_model(client, cfg, stage("pretrain", "pretrain"), run, {}, cached=True) is None
+    ablation = stage("evaluate[sst2-no_pretraining]", "evaluate", "sst2-no_pretraining")
+    assert register_stage_model(client, cfg, ablation, run, {}, cached=False) is None
+    assert register_stage_model(client, cfg, stage("finetune[sst2]", "finetune", "sst2"), run, {}, cached=False) is None
+    with pytest.raises(FileNotFoundError):  # a computed main-recipe evaluate does register (reads its manifest)
+        register_stage_model(client, cfg, stage("evaluate[sst2]", "evaluate", "sst2"), run, {}, cached=False)
