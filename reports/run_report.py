@@ -26,6 +26,7 @@ from reports.paper import paper_number
 from reports.runs import download, history, list_artifact_paths, metric_keys, stage_runs, task_metrics
 
 MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
+PRESETS = Path(__file__).resolve().parents[1] / "configs"  # the checkout's presets, when installed from one
 PRESET_TAG = "gptflow.config_file"  # the YAML preset a run's config came from (diffed in the header)
 ENV_TAG = "gptflow.env."  # gptflow.env.<package>=<version>, gptflow.env.hw.<key>=<value>
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. Shall I compare thee to a summer's day?"
@@ -63,17 +64,31 @@ def _wall(run: Run, now_ms: int) -> float:
     return ((run.info.end_time or now_ms) - run.info.start_time) / 1000
 
 
-def config_diff(params: dict[str, str], preset: str | None) -> tuple[str, list[list[str]]]:
-    """(what the run is compared against, rows key | reference | this run) for keys that differ."""
-    reference, label = ExperimentConfig(), "the built-in defaults"
-    if preset:
-        try:
-            reference, label = load_config(preset), f"preset `{preset}`"
-        except ConfigError:
-            label = f"the built-in defaults (preset `{preset}` is not readable here)"
+def _diff(params: dict[str, str], reference: ExperimentConfig) -> list[list[str]]:
     ref = {k: str(v) for k, v in reference.flat().items()}
     # Keys the run did not record (added to gptflow after it ran) are left out rather than shown as changes.
-    rows = [[f"`{k}`", ref.get(k, "(not in reference)"), v] for k, v in sorted(params.items()) if ref.get(k) != v]
+    return [[f"`{k}`", ref.get(k, "(not in reference)"), v] for k, v in sorted(params.items()) if ref.get(k) != v]
+
+
+def config_diff(params: dict[str, str], preset: str | None) -> tuple[str, list[list[str]]]:
+    """(what the run is compared against, rows key | reference | this run) for keys that differ.
+
+    The reference is the preset the run recorded (tag `gptflow.config_file`); without one, the
+    checkout's preset (configs/*.yaml) closest to the run when it is closer than the built-in defaults.
+    """
+    if preset:
+        try:
+            return f"preset `{preset}`", _diff(params, load_config(preset))
+        except ConfigError:
+            return f"the built-in defaults (preset `{preset}` is not readable here)", _diff(params, ExperimentConfig())
+    label, rows = "the built-in defaults", _diff(params, ExperimentConfig())
+    for path in sorted(PRESETS.glob("*.yaml")):
+        try:
+            candidate = _diff(params, load_config(path))
+        except ConfigError:
+            continue
+        if len(candidate) < len(rows):
+            label, rows = f"the closest preset `configs/{path.name}` (the run recorded no config file)", candidate
     return label, rows
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from report_fixtures import make_models, make_tokenizer, record_run
+from report_fixtures import MICRO, make_models, make_tokenizer, record_run
 
 from flows.cli import main
+from gpt.config import load_config
 from reports.run_report import build_report, config_diff, confusion
 
 OUTPUT = Path(__file__).resolve().parent / "output"  # screenshots (git-ignored)
@@ -99,10 +100,14 @@ def test_confusion_matrix_from_the_evaluate_stage_file(recorded, tmp_path):
     assert confusion(client, client.get_run(run.info.run_id), tmp_path) == (["neg", "pos"], [[3, 1], [2, 4]])
 
 
-def test_config_diff_falls_back_to_defaults():
+def test_config_diff_without_a_recorded_preset():
     label, rows = config_diff({"pretrain.lr": "0.5", "seed": "1234"}, None)
     assert label == "the built-in defaults"
     assert rows == [["`pretrain.lr`", "0.00025", "0.5"]]
+    micro = {k: str(v) for k, v in load_config(MICRO, ["pretrain.lr=0.5"]).flat().items()}
+    label, rows = config_diff(micro, None)
+    assert label.startswith("the closest preset `configs/micro.yaml`")
+    assert rows == [["`pretrain.lr`", "0.003", "0.5"]]
 
 
 def test_report_cli_writes_html_and_markdown(recorded, tmp_path, capsys):
