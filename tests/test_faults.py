@@ -328,3 +328,14 @@ def test_sigterm_closes_runs_as_killed(tmp_path):
     status = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
     assert status["parent"] == "KILLED" and status["pretrain"] == "KILLED", (status, out[-2000:])
     assert status["encode"] == "FINISHED"
+
+
+def test_stages_verify_rehashes(tmp_path):
+    stages = plan_for(tmp_path)
+    complete(stages["corpus"], {"corpus.jsonl": b"abc"})
+    (stages["corpus"].dir / "corpus.jsonl").write_bytes(b"abd")  # same size, other content
+    plan = list(stages.values())
+    quick = {r["stage"]: r for r in describe(plan, *select(plan, ["corpus"], None, None))}
+    deep = {r["stage"]: r for r in describe(plan, *select(plan, ["corpus"], None, None), deep=True)}
+    assert quick["corpus"]["status"] == "done" and quick["tokenizer"]["status"] == "skipped"
+    assert deep["corpus"]["status"] == "corrupt" and "sha256" in deep["corpus"]["why"]
