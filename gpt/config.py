@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -102,6 +102,22 @@ class PretrainConfig:
     zeroshot_tasks: list[str] = field(default_factory=list)  # scored zero-shot at each validation (GPT-1 Fig. 2)
     zeroshot_examples: int | None = 200  # dev examples per zero-shot task (None: all)
     activation_checkpointing: bool = False  # fsdp: recompute each Transformer block in the backward pass
+    launcher: str = ""  # command prefix starting the training job's ranks, e.g. "srun" or "torchrun --no-python ..."
+
+    # How the job is spread over devices, not what it computes (the global batch is fixed by
+    # tokens_per_step): kept out of the stage's cache key, so a rerun on another device count
+    # resumes the same checkpoints.
+    PLACEMENT_KEYS: ClassVar[tuple[str, ...]] = (
+        "strategy",
+        "devices",
+        "num_nodes",
+        "launcher",
+        "activation_checkpointing",
+    )
+
+    def cache_section(self) -> dict[str, Any]:
+        """The keys that decide what pretraining computes (all but PLACEMENT_KEYS), for the stage's cache key."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.PLACEMENT_KEYS}
 
 
 @dataclass

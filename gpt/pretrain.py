@@ -220,19 +220,31 @@ def pretrain(
     tokens_per_sec = tokens / fit_seconds
     final_train = float(trainer.callback_metrics.get("train_loss", float("nan")))
     final_val = float(trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"])
+    model = full_model(trainer, module, gpt_config)
     result = PretrainResult(
         initial_val_loss=initial,
         final_val_loss=final_val,
         final_train_loss=final_train,
         steps=trainer.global_step,
         resumed_from_step=resumed_from,
-        params=module.model.num_params(),
+        params=model.num_params(),
         tokens_per_sec=tokens_per_sec,
-        mfu=tokens_per_sec * module.model.flops_per_token() / throughput.available_flops
+        mfu=tokens_per_sec * model.flops_per_token() / throughput.available_flops
         if throughput.available_flops
         else float("nan"),
         fit_seconds=fit_seconds,
         accumulate_grad_batches=accumulate,
         world_size=trainer.world_size,
     )
-    return module.model, result
+    return model, result
+
+
+def full_model(trainer: L.Trainer, module: LMModule, gpt_config: GPTConfig) -> GPT:
+    """The trained GPT with all its weights: under FSDP they are gathered from the shards (every rank must call)."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.model
+    state = trainer.strategy.lightning_module_state_dict()  # full weights on rank 0, a collective
+    model = GPT(gpt_config)
+    if trainer.is_global_zero:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return model

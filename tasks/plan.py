@@ -16,7 +16,7 @@ VERSIONS = {
     "corpus": "2",
     "tokenizer": "2",
     "encode": "2",
-    "pretrain": "2",
+    "pretrain": "3",
     "finetune": "2",
     "evaluate": "2",
     "report": "2",
@@ -40,7 +40,7 @@ def build_plan(cfg: ExperimentConfig, artifacts_root: Path) -> list[Stage]:
     add(
         "pretrain",
         "pretrain",
-        {"model": asdict(cfg.model), "pretrain": asdict(cfg.pretrain), "seed": cfg.seed},
+        {"model": asdict(cfg.model), "pretrain": cfg.pretrain.cache_section(), "seed": cfg.seed},
         ["encode", "tokenizer"],
     )
     for variant in variants(cfg):  # each task, its ablations (`ablations:`) and seeds (`finetune.seeds`)

@@ -61,41 +61,62 @@ def sample_logger(enc: Any, n_tokens: int, seed: int) -> Any:
     return SampleLogger()
 
 
-def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> StageOutput:
-    """Train (resuming from `checkpoints/last.ckpt` if present), then save weights, tokenizer and samples."""
+def train(
+    cfg: Any,
+    tok_dir: Path,
+    encode_dir: Path,
+    out: Path,
+    tracking_uri: str | None,
+    run_id: str | None,
+    cache_dir: Path,
+    extra_callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train (resuming from `out/checkpoints/last.ckpt` if present); rank 0 writes model/ and samples.txt.
+
+    Runs on every rank of a multi-process job; returns the stage's summary and info.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from gpt.pretrain import pretrain
     from tasks.mlflow_logger import stage_logger
 
-    cfg = ctx.cfg
-    tok_dir = Path(ctx.inputs["tokenizer"])
     enc = load_tokenizer(tok_dir)
     gpt_config = GPTConfig.from_model_config(cfg.model, enc.n_vocab)
-    logger = stage_logger(ctx.tracking_uri, ctx.run_id)
+    logger = stage_logger(tracking_uri, run_id)
     callbacks = [sample_logger(enc, cfg.pretrain.sample_tokens, cfg.seed), *(extra_callbacks or [])]
     if cfg.pretrain.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
         from gpt.zeroshot import zeroshot_callback
 
         p = cfg.pretrain
-        zeroshot = zeroshot_callback(p.zeroshot_tasks, enc, ctx.cache_dir, p.zeroshot_examples, cfg.seed, cfg.tasks)
+        zeroshot = zeroshot_callback(p.zeroshot_tasks, enc, cache_dir, p.zeroshot_examples, cfg.seed, cfg.tasks)
         callbacks.append(zeroshot)
     try:
+        ckpt_dir = out / "checkpoints"
         model, result = pretrain(
-            gpt_config,
-            cfg.pretrain,
-            ctx.inputs["encode"],
-            ctx.out / "checkpoints",
-            cfg.seed,
-            logger=logger,
-            extra_callbacks=callbacks,
+            gpt_config, cfg.pretrain, encode_dir, ckpt_dir, cfg.seed, logger=logger, extra_callbacks=callbacks
         )
     except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
         raise StageError(str(e)) from None  # the runner prefixes the stage name
-    save_model(model, ctx.out / MODEL_DIR)
-    for name in (RANKS_FILE, META_FILE):
-        shutil.copy2(tok_dir / name, ctx.out / MODEL_DIR / name)
-    (ctx.out / SAMPLES_FILE).write_text(sample_text(model, enc, cfg.pretrain.sample_tokens, cfg.seed))
-    return StageOutput(
-        summary=asdict(result),
-        info={"gpt_config": asdict(gpt_config)},
-        artifacts=[MODEL_DIR, SAMPLES_FILE],
-    )
+    if rank_zero_only.rank == 0:
+        save_model(model, out / MODEL_DIR)
+        for name in (RANKS_FILE, META_FILE):
+            shutil.copy2(tok_dir / name, out / MODEL_DIR / name)
+        (out / SAMPLES_FILE).write_text(sample_text(model, enc, cfg.pretrain.sample_tokens, cfg.seed))
+    return {"summary": asdict(result), "info": {"gpt_config": asdict(gpt_config)}}
+
+
+def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> StageOutput:
+    """Train, then save weights, tokenizer and samples; multi-process training runs in a worker job.
+
+    One device trains in this process. More than one (or `pretrain.launcher`) starts
+    `tasks.pretrain_worker` as a child job — Lightning's launcher re-runs the *script* once per local
+    rank, which must be that worker and not the whole `gptflow run` with its Prefect flow.
+    """
+    from tasks.pretrain_worker import needs_worker, run_worker
+
+    args = (ctx.cfg, Path(ctx.inputs["tokenizer"]), Path(ctx.inputs["encode"]), ctx.out)
+    if needs_worker(ctx.cfg.pretrain):
+        result = run_worker(*args, ctx.tracking_uri, ctx.run_id, ctx.cache_dir)
+    else:
+        result = train(*args, ctx.tracking_uri, ctx.run_id, ctx.cache_dir, extra_callbacks)
+    return StageOutput(summary=result["summary"], info=result["info"], artifacts=[MODEL_DIR, SAMPLES_FILE])

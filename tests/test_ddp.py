@@ -86,6 +86,20 @@ def _curve(client, run_id: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
 
 
+def test_device_placement_keeps_the_pretrain_cache_key(micro_config, tmp_path):
+    """Devices/strategy/launcher spread the same computation: a rerun on more devices resumes the same stage."""
+    from gpt.config import load_config
+    from tasks.plan import build_plan
+
+    def key(*overrides: str) -> str:
+        plan = build_plan(load_config(micro_config, list(overrides)), tmp_path)
+        return next(s.key for s in plan if s.name == "pretrain")
+
+    placed = ["pretrain.devices=4", "pretrain.strategy=fsdp", "pretrain.num_nodes=2", "pretrain.launcher=srun"]
+    assert key(*placed) == key()
+    assert key("pretrain.tokens_per_step=4096") != key()
+
+
 @pytest.mark.slow  # ~1 min: three training subprocesses (one of them 2-process DDP) and a fresh MLflow store
 def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -115,3 +129,33 @@ def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path,
     assert cont["resumed_from_step"] == 6 and cont["steps"] == STEPS
     print(f"resume 2->1 procs: |final_val_loss diff| = {abs(cont['final_val_loss'] - single['final_val_loss']):.3g}")
     assert cont["final_val_loss"] == pytest.approx(single["final_val_loss"], abs=1e-4)
+
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")  # the venv's, which need not be on PATH
+LAUNCHERS = {
+    "lightning": [],  # Lightning's own launcher starts rank 1 by re-running the worker module
+    "torchrun": ["--set", f"pretrain.launcher={TORCHRUN} --standalone --nproc-per-node=2 --no-python"],
+}
+
+
+@pytest.mark.slow  # ~1-2 min each: corpus..pretrain of the micro config with a 2-process training job
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_pipeline_pretrains_on_two_processes_with_one_set_of_metrics(micro_config, tmp_path, launcher):
+    from mlflow.tracking import MlflowClient
+
+    from flows.cli import main
+
+    ws = tmp_path / "ws"
+    ddp = ["pretrain.accelerator=cpu", "pretrain.devices=2", "pretrain.strategy=ddp", "pretrain.max_steps=6"]
+    sets = [a for kv in ddp for a in ("--set", kv)] + ["--set", "pretrain.val_every=3", "--set", "pretrain.log_every=1"]
+    only = ["--only", "corpus,tokenizer,encode,pretrain"]
+    assert main(["run", "--config", str(micro_config), "--workspace", str(ws), *only, *sets, *LAUNCHERS[launcher]]) == 0
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("gptflow-micro").experiment_id], filter_string="tags.stage = 'pretrain'"
+    )
+    assert run.data.metrics["world_size"] == 2
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(6))  # rank 0 only: one value per step
+    [stage_dir] = (ws / "artifacts" / "pretrain").glob("*/manifest.json")
+    assert "model/model.safetensors" in json.loads(stage_dir.read_text())["files"]

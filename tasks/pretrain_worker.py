@@ -1,0 +1,128 @@
+"""Multi-process pretraining as a child job of the pretrain stage: `python -m tasks.pretrain_worker SPEC`.
+
+Lightning's DDP/FSDP launcher starts the other local ranks by re-running the current script, and
+torchrun/srun start every rank from a command line; either way the thing re-run must be this worker
+(train, write the stage's files from rank 0), never the whole `gptflow run` with its Prefect flow.
+The spec and rank 0's result are JSON files in the stage's checkpoints directory, which every node
+of a multi-node job sees when the workspace is on shared storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpt.config import ExperimentConfig, PretrainConfig, from_dict
+from tasks.stage import StageError
+
+SPEC_FILE, RESULT_FILE, LOG_FILE = "worker_spec.json", "worker_result.json", "worker.log"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def planned_world_size(cfg: PretrainConfig) -> int:
+    """Processes Lightning will start for `devices` x `num_nodes` (`auto` on CPU is one device)."""
+    devices = str(cfg.devices).strip()
+    if devices in ("auto", "-1"):
+        import torch
+
+        gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        per_node = torch.cuda.device_count() if gpu else 1
+    elif "," in devices or devices.startswith("["):
+        per_node = len([d for d in devices.strip("[]").split(",") if d.strip()])
+    else:
+        per_node = int(devices)
+    return max(1, per_node) * cfg.num_nodes
+
+
+def needs_worker(cfg: PretrainConfig) -> bool:
+    """Train in a child job when an external launcher is configured or more than one process will train."""
+    return bool(cfg.launcher) or planned_world_size(cfg) > 1
+
+
+def run_worker(
+    cfg: ExperimentConfig,
+    tok_dir: Path,
+    encode_dir: Path,
+    out: Path,
+    tracking_uri: str | None,
+    run_id: str | None,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    """Run `pretrain.launcher` + this module on a spec file and return rank 0's summary/info.
+
+    The child is its own process group, so an interrupted stage (SIGTERM, Ctrl-C) takes all ranks down.
+    """
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "config": cfg.to_dict(),
+        "tok_dir": str(tok_dir),
+        "encode_dir": str(encode_dir),
+        "out": str(out),
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+        "cache_dir": str(cache_dir),
+    }
+    (ckpt_dir / SPEC_FILE).write_text(json.dumps(spec))
+    (ckpt_dir / RESULT_FILE).unlink(missing_ok=True)
+    command = [*shlex.split(cfg.pretrain.launcher), sys.executable, "-m", __name__, str(ckpt_dir / SPEC_FILE)]
+    if shutil.which(command[0]) is None:
+        raise StageError(f"config key 'pretrain.launcher': command {command[0]!r} not found on PATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    log = ckpt_dir / LOG_FILE
+    with open(log, "ab") as log_file:
+        proc = subprocess.Popen(command, env=env, stderr=log_file, start_new_session=True)
+        try:
+            code = proc.wait()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+            raise
+    result_file = ckpt_dir / RESULT_FILE
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    if "error" in result:
+        raise StageError(result["error"])
+    if code != 0 or "summary" not in result:
+        lines = log.read_text(errors="replace").strip().splitlines()
+        raise StageError(
+            f"training job `{shlex.join(command)}` failed (exit {code}): {lines[-1] if lines else ''} (log: {log})"
+        )
+    return result
+
+
+def main(spec_path: str) -> None:
+    """Train on this rank from the spec; rank 0 writes the result file (or the one-line error)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from tasks.pretrain import train
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = from_dict(ExperimentConfig, spec["config"])
+    result_file = Path(spec_path).with_name(RESULT_FILE)
+    try:
+        result = train(
+            cfg,
+            Path(spec["tok_dir"]),
+            Path(spec["encode_dir"]),
+            Path(spec["out"]),
+            spec["tracking_uri"],
+            spec["run_id"],
+            Path(spec["cache_dir"]),
+        )
+    except StageError as e:
+        if rank_zero_only.rank == 0:
+            result_file.write_text(json.dumps({"error": str(e)}))
+        sys.exit(1)
+    if rank_zero_only.rank == 0:
+        result_file.write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
