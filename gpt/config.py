@@ -434,6 +434,8 @@ def _check_ranges(obj: Any, where: str, prefix: str) -> None:
         from gpt.custom_tasks import check_task_config
 
         check_task_config(obj, where, prefix.rstrip("."))
+    if isinstance(obj, PretrainConfig) and obj.strategy.startswith(("fsdp", "deepspeed")) and obj.accelerator == "cpu":
+        raise ConfigError(f"{where}: config key '{prefix}strategy' ({obj.strategy}) needs a GPU; accelerator is 'cpu'")
     if isinstance(obj, ModelConfig) and obj.n_embd % obj.n_head:
         raise ConfigError(
             f"{where}: config key '{prefix}n_embd' ({obj.n_embd}) must be divisible by '{prefix}n_head' ({obj.n_head})"

@@ -100,6 +100,15 @@ def test_device_placement_keeps_the_pretrain_cache_key(micro_config, tmp_path):
     assert key("pretrain.tokens_per_step=4096") != key()
 
 
+def test_bad_placement_is_a_config_error_before_compute(micro_config):
+    from gpt.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"micro.yaml: config key 'pretrain.strategy' \(fsdp\) needs a GPU"):
+        load_config(micro_config, ["pretrain.strategy=fsdp", "pretrain.accelerator=cpu"])
+    with pytest.raises(ConfigError, match="'pretrain.strategy' must be auto, ddp"):
+        load_config(micro_config, ["pretrain.strategy=horovod"])
+
+
 @pytest.mark.slow  # ~1 min: three training subprocesses (one of them 2-process DDP) and a fresh MLflow store
 def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
