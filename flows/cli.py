@@ -20,6 +20,16 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in _csv(value)]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,3, got {value!r}")
+    return seeds
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gptflow", description="GPT pretrain-then-finetune pipelines")
     sub = p.add_subparsers(dest="command", required=True)
@@ -35,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
             help="override a config key, e.g. --set pretrain.max_steps=100 (repeatable)",
         )
         sp.add_argument("--workspace", help="workspace directory (default: $GPTFLOW_HOME or ./workspace)")
+        sp.add_argument(
+            "--seeds", type=_seeds, help="fine-tune and evaluate every task once per seed, e.g. 1,2,3 (finetune.seeds)"
+        )
 
     def selection(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--only", type=_csv, help="run only these stages, e.g. finetune,evaluate")
@@ -110,6 +123,8 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
     overrides = list(args.overrides)
     if getattr(args, "experiment", None):
         overrides.append(f"experiment={args.experiment}")
+    if getattr(args, "seeds", None):
+        overrides.append(f"finetune.seeds={args.seeds}")
     return load_config(args.config, overrides)
 
 
