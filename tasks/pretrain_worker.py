@@ -77,6 +77,7 @@ def run_worker(
         raise StageError(f"config key 'pretrain.launcher': command {command[0]!r} not found on PATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     log = ckpt_dir / LOG_FILE
+    print(f"pretrain: training job: {shlex.join(command)} (stderr: {log})", file=sys.stderr, flush=True)
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(command, env=env, stderr=log_file, start_new_session=True)
         try:
