@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt.pretrain import INITIAL_VAL_FILE, LAST_CKPT
 from gpt.shards import encode_corpus
@@ -109,7 +110,7 @@ def test_bad_placement_is_a_config_error_before_compute(micro_config):
         load_config(micro_config, ["pretrain.strategy=horovod"])
 
 
-@pytest.mark.slow  # ~1 min: three training subprocesses (one of them 2-process DDP) and a fresh MLflow store
+@pytest.mark.slow  # ~2 min: four training subprocesses (one of them 2-process DDP) and a fresh MLflow store
 def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from mlflow.tracking import MlflowClient
@@ -128,6 +129,15 @@ def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path,
     print(f"DDP parity: max |train_loss(1 proc) - train_loss(2 procs)| over {STEPS} steps = {diff:.3g}")
     assert diff < 1e-4
     assert one[-1][1] < one[0][1] - 0.5  # it did learn
+
+    # 1 process accumulating 2 micro-batches of 8 per step: the same global batches, the same weights.
+    accum, _ = _train(tmp_path, shards, tmp_path / "accum", client, exp, devices=1, batch=GLOBAL_BATCH // 2)
+    assert (accum["world_size"], accum["accumulate_grad_batches"]) == (1, 2)
+    weights = [torch.load(tmp_path / d / LAST_CKPT, weights_only=True)["state_dict"] for d in ("two", "accum")]
+    weight_diff = max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0])
+    print(f"2 procs x 8 vs 1 proc x 8 x 2 accumulated: max |weight diff| after {STEPS} steps = {weight_diff:.3g}")
+    assert weight_diff < 1e-4
+    assert accum["final_val_loss"] == pytest.approx(ddp["final_val_loss"], abs=1e-4)
 
     # The 2-process checkpoint of step 6 resumes on 1 process and ends where the 1-process run ends.
     resumed = tmp_path / "resumed"
