@@ -110,6 +110,24 @@ def test_bad_placement_is_a_config_error_before_compute(micro_config):
         load_config(micro_config, ["pretrain.strategy=horovod"])
 
 
+@pytest.mark.parametrize(
+    ("launcher", "message"),
+    [
+        ("no-such-launcher -n 2", "'pretrain.launcher': command 'no-such-launcher' not found"),
+        ("/bin/false", "(exit 1)"),
+    ],
+)
+def test_training_job_failures_are_one_line_stage_errors(micro_config, tmp_path, launcher, message):
+    from gpt.config import load_config
+    from tasks.pretrain_worker import run_worker
+    from tasks.stage import StageError
+
+    cfg = load_config(micro_config, [f"pretrain.launcher={launcher}"])
+    with pytest.raises(StageError) as err:
+        run_worker(cfg, tmp_path, tmp_path, tmp_path / "out", None, None, tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.slow  # ~2 min: four training subprocesses (one of them 2-process DDP) and a fresh MLflow store
 def test_ddp_two_processes_match_one_process_and_resume_on_one(shards, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
