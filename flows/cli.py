@@ -157,6 +157,7 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
                 only=args.only,
                 from_stage=args.from_stage,
                 force=args.force,
+                config_file=str(Path(args.config).resolve()) if args.config else None,
                 return_state=True,
             )
     finally:

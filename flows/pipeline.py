@@ -14,6 +14,7 @@ from prefect.states import Failed, State
 
 from flows.workspace import Workspace
 from gpt.config import ExperimentConfig, from_dict
+from reports.run_report import PRESET_TAG
 from tasks.locks import file_lock
 from tasks.plan import build_plan, select
 from tasks.registry import register_stage_model
@@ -29,6 +30,7 @@ def pipeline(
     only: list[str] | None = None,
     from_stage: str | None = None,
     force: list[str] | None = None,
+    config_file: str | None = None,
 ) -> dict[str, Any] | State:
     """Run the pipeline for a resolved config; returns the MLflow parent run id and per-stage outcome.
 
@@ -45,6 +47,8 @@ def pipeline(
     with file_lock(ws.root / "mlflow.lock"):  # concurrent runs would race creating the store and experiment
         tracker = Tracker(ws.tracking_uri, cfg.experiment, ws.artifact_location)
     tags = {"config_hash": cfg.digest(), "git_commit": git_commit(), "prefect_flow_run_id": str(flow_run.id)}
+    if config_file:  # the preset the report diffs this run's config against
+        tags[PRESET_TAG] = config_file
     resumed = [r for r in tracker.close_orphans() if r.data.tags.get("config_hash") == tags["config_hash"]]
     if resumed:  # the latest killed run of this config: this run continues its work
         tags["resumes"] = max(resumed, key=lambda r: r.info.start_time).info.run_id

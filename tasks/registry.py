@@ -170,7 +170,7 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> tuple[Path, 
         return _model_paths(local, uri)
     from mlflow.artifacts import download_artifacts
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     body = uri.removeprefix("models:/")
     try:
         if "@" in body:

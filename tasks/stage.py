@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import ConfigError, flatten, hash_json
+from gpt.shards import ShardError
 from gpt.sources import SourceError
 
 MANIFEST = "manifest.json"
@@ -283,7 +284,7 @@ def user_error(e: BaseException) -> str | None:
 
     Anything else is a bug and keeps its traceback.
     """
-    if isinstance(e, ConfigError | SourceError | StageError):
+    if isinstance(e, ConfigError | SourceError | StageError | ShardError):
         return str(e)
     if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
         where = f": {e.filename}" if e.filename else ""

@@ -72,7 +72,8 @@ class Tracker:
     """Creates and closes the parent and child runs of one `gptflow run`."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None):
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        # The registry lives in the same store; without registry_uri MLflow would use the process-global URI.
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         found = self.client.get_experiment_by_name(experiment)
         if found is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 @pytest.fixture
 def micro_config() -> Path:
     return MICRO
+
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """Lightning's MLFlowLogger sets MLflow's process-global tracking URI (and its env var); undo it after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(before)  # None clears both the global and the variable

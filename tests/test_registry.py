@@ -20,7 +20,8 @@ def registry(tmp_path_factory) -> tuple[Path, MlflowClient, str, Path, Path, Pat
     assets = tmp_path_factory.mktemp("assets")
     tok = make_tokenizer(assets / "tokenizer")
     model_dir, task_dir = make_models(assets, tok)
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    uri = f"sqlite:///{ws / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.create_experiment("reg", artifact_location=(ws / "mlartifacts").as_uri())
     return ws, client, exp, model_dir, task_dir, tok
 
@@ -64,7 +65,7 @@ def test_predict_from_a_registered_fine_tuned_model(registry, capsys, monkeypatc
     assert main([*argv, "--workspace", str(ws)]) == 0
     label, probs = capsys.readouterr().out.strip().split("\t")
     assert label in ("negative", "positive") and "negative=" in probs and "positive=" in probs
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # what pyfunc.load_model resolves models:/ with
+    mlflow.set_tracking_uri(client.tracking_uri)  # what plain pyfunc.load_model resolves models:/ with
     (out,) = mlflow.pyfunc.load_model("models:/reg-sst2@latest").predict(["a moving film"])
     assert abs(sum(out["probabilities"]) - 1) < 1e-3
 
