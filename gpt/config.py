@@ -154,6 +154,7 @@ class FinetuneConfig:
     init: str = "pretrained"  # pretrained (the pipeline's) | scratch (random, same architecture) | a model dir
     early_stopping_patience: int | None = None  # stop after N dev checks without improvement of the dev metric
     select_best: bool = False  # keep the weights of the best dev-metric epoch instead of the last
+    ckpt_every: int = 50  # optimizer steps between mid-stage checkpoints (exact resume after a kill)
     seeds: list[int] | None = None  # fine-tune (and evaluate) each task once per seed
     per_task: dict[str, FinetuneOverrides] = field(default_factory=dict)  # task name -> recipe overrides
 
@@ -409,6 +410,7 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("max_examples", lambda v: v is None or v >= 2, ">= 2"),
         ("max_len", lambda v: v is None or v >= 8, ">= 8"),
         ("early_stopping_patience", lambda v: v is None or v >= 1, ">= 1"),
+        ("ckpt_every", lambda v: v >= 1, ">= 1"),
         ("seeds", lambda v: v is None or len(v) >= 1, "a non-empty list"),
     ],
     FinetuneOverrides: [

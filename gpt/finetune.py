@@ -1,27 +1,35 @@
-"""Supervised fine-tuning (GPT-1 §3.2): a linear head on h(extract) plus the auxiliary LM loss, L3 = L2 + λ·L1."""
+"""Supervised fine-tuning (GPT-1 §3.2): a linear head on h(extract) plus the auxiliary LM loss, L3 = L2 + λ·L1.
+
+Resume is exact, as in pretraining: a checkpoint every `ckpt_every` optimizer steps (and `last.ckpt`),
+training batches a pure function of (seed, optimizer step) (`EpochPermutationBatches`), and the RNG
+states that drive dropout saved in every checkpoint; a run killed mid-epoch and continued from
+`last.ckpt` sees no example twice or never and ends with the uninterrupted run's weights.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from gpt.config import FinetuneConfig
 from gpt.model import GPT, GPTConfig
 from gpt.optim import adamw, warmup_linear
-from gpt.pretrain import LAST_CKPT, resolve_precision
+from gpt.pretrain import LAST_CKPT, RNG_KEY, resolve_precision, rng_state, set_rng_state
 from gpt.tasks_metrics import HIGHER_IS_BETTER, compute_metrics
 from gpt.transforms import EncodedExample, collate
 
@@ -132,6 +140,37 @@ class FinetuneModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(warmup, self.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning does not save RNG states; dropout needs them for an exact resume."""
+        checkpoint[RNG_KEY] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            set_rng_state(checkpoint[RNG_KEY])
+
+
+class EpochPermutationBatches(Sampler[list[int]]):
+    """Batches of example indices: epoch e visits `default_rng([seed, e]).permutation(n)` in order.
+
+    Each new iteration starts where `steps_done()` (the trainer's optimizer steps; one batch per step)
+    says the run is, so a run resumed mid-epoch continues that epoch's order at the next batch. The
+    position comes from Lightning's restored `global_step` rather than from a state_dict of this
+    sampler, because the loop pre-fetches a batch: a count of batches handed out would run ahead of
+    the batches trained on when the checkpoint is written.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, steps_done: Callable[[], int]):
+        self.n, self.batch_size, self.seed, self.steps_done = n, batch_size, seed, steps_done
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, start = divmod(self.steps_done(), len(self))
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        for b in range(start, len(self)):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
 
 @dataclass
 class FinetuneResult:
@@ -156,20 +195,24 @@ def finetune(
     logger: Logger | bool = False,
     dev: list[EncodedExample] | None = None,
     metrics: tuple[str, ...] = ("accuracy",),
+    extra_callbacks: list[L.Callback] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune in place, resuming from `ckpt_dir/last.ckpt` if present.
+    """Fine-tune in place, resuming exactly from `ckpt_dir/last.ckpt` if present (written every `cfg.ckpt_every` steps).
 
     With `dev`, the dev split is scored after every epoch (`val_<metric>`), which enables
     `cfg.early_stopping_patience` (Lightning EarlyStopping) and `cfg.select_best` (the weights of
     the best epoch by the headline metric, kept by a ModelCheckpoint and restored at the end).
     """
     L.seed_everything(seed, workers=True, verbose=False)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
-    dev_loader = DataLoader(dev, batch_size=64, collate_fn=collate) if dev else None
-    total_steps = cfg.epochs * len(loader)
-    module = FinetuneModule(model, cfg, total_steps, metrics)
-    callbacks: list[L.Callback] = [ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)]
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    # Own generators: a DataLoader without one draws its base seed from the global torch RNG at every
+    # iter(), which would shift the dropout stream of a run resumed mid-epoch.
+    dev_loader = DataLoader(dev, batch_size=64, collate_fn=collate, generator=torch.Generator()) if dev else None
+    module = FinetuneModule(model, cfg, cfg.epochs * steps_per_epoch, metrics)
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True),
+        *(extra_callbacks or []),
+    ]
     monitor, mode = f"val_{metrics[0]}", "max" if HIGHER_IS_BETTER[metrics[0]] else "min"
     best = None
     if dev_loader is not None:
@@ -188,18 +231,23 @@ def finetune(
         devices=1,
         precision=resolve_precision(precision),
         gradient_clip_val=1.0,
-        log_every_n_steps=max(1, min(10, len(loader) // 4)),
+        log_every_n_steps=max(1, min(10, steps_per_epoch // 4)),
         logger=logger,
         callbacks=callbacks,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         default_root_dir=ckpt_dir,
     )
+    batches = EpochPermutationBatches(len(train), cfg.batch_size, seed, lambda: trainer.global_step)
+    loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
     last = ckpt_dir / LAST_CKPT
     resume = last if last.is_file() else None
-    with warnings.catch_warnings():  # without a dev split the validation_step is simply unused
+    with warnings.catch_warnings():
+        # without a dev split the validation_step is simply unused; the loader resumes from the restored
+        # global step (see EpochPermutationBatches), not from a loader state_dict Lightning looks for
         warnings.filterwarnings("ignore", message=".*`validation_step` but have no `val_dataloader`")
-        trainer.fit(module, train_dataloaders=loader, val_dataloaders=dev_loader, ckpt_path=resume)
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=dev_loader, ckpt_path=resume, weights_only=True)
     m = trainer.callback_metrics
     best_metric = float(m.get(monitor, float("nan")))
     if best is not None and best.best_model_path:

@@ -17,7 +17,7 @@ VERSIONS = {
     "tokenizer": "2",
     "encode": "2",
     "pretrain": "3",
-    "finetune": "2",
+    "finetune": "3",  # 3: batches a pure function of (seed, epoch, position), for exact mid-stage resume
     "evaluate": "2",
     "report": "2",
 }
