@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt.config import ConfigError, load_config
 from tasks.locks import file_lock
@@ -186,8 +188,9 @@ KILL_SETS = [
     "pretrain.max_steps=60",
     "pretrain.ckpt_every=20",
     "finetune.tasks=[sst2]",
-    "finetune.epochs=2",  # a checkpoint at the end of epoch 1 to resume from
-    "finetune.max_examples=320",  # 20 steps per epoch: long enough to be caught between the two
+    "finetune.epochs=2",
+    "finetune.max_examples=320",  # 20 steps per epoch (batch 16)
+    "finetune.ckpt_every=5",  # mid-epoch checkpoints to resume from
 ]
 
 
@@ -239,9 +242,7 @@ KILL_POINTS = {
     "corpus": lambda ws: bool(list(ws.glob("artifacts/corpus/*.partial"))),
     "encode": lambda ws: bool(list(ws.glob("artifacts/encode/*.partial"))),
     "pretrain": lambda ws: stable_file("artifacts/pretrain/*.partial/checkpoints/last.ckpt", ws),
-    # gpt/finetune.py's ModelCheckpoint(save_top_k=0, save_last=True) writes last.ckpt only when fit ends,
-    # so there is no mid-stage checkpoint to wait for: kill 3 s into the stage.
-    "finetune": lambda ws: any(time.time() - p.stat().st_mtime > 3 for p in ws.glob("artifacts/finetune/*.partial")),
+    "finetune": lambda ws: stable_file("artifacts/finetune/*.partial/checkpoints/last.ckpt", ws),
 }
 
 
@@ -266,8 +267,9 @@ def test_sigkill_during_a_stage_then_rerun_loses_nothing(stage, uninterrupted, t
         time.sleep(0.01)
     servers = children(proc.pid)
     proc.kill()
-    had_checkpoint = bool(list(tmp_path.glob(f"artifacts/{stage}/*.partial/checkpoints/last.ckpt")))
     proc.communicate()
+    checkpoints = list(tmp_path.glob(f"artifacts/{stage}/*.partial/checkpoints/last.ckpt"))
+    ckpt_step = torch.load(checkpoints[0], weights_only=True)["global_step"] if checkpoints else 0
     done_before = {str(p): p.stat().st_mtime_ns for p in (tmp_path / "artifacts").glob("*/*/manifest.json")}
     assert all(f"/{stage}/" not in p for p in done_before)  # killed inside `stage`, before it completed
     time.sleep(1)
@@ -282,8 +284,9 @@ def test_sigkill_during_a_stage_then_rerun_loses_nothing(stage, uninterrupted, t
     after = summaries(tmp_path)
     if stage == "pretrain":
         assert after["pretrain"]["resumed_from_step"] >= 20
-    if stage == "finetune" and had_checkpoint:
-        assert "Restoring states from the checkpoint path" in out and "finetune" in out
+    if stage == "finetune":  # resumed from the mid-stage checkpoint, not from step 0
+        assert ckpt_step >= 5
+        assert re.search(r"Restoring states from the checkpoint path at \S*/finetune/\S*/last\.ckpt", out)
     assert after["pretrain"] == {**uninterrupted["pretrain"], **{k: after["pretrain"][k] for k in TIMING_KEYS}}
     assert after["evaluate[sst2]"] == uninterrupted["evaluate[sst2]"]
 
