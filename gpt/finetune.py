@@ -1,6 +1,6 @@
 """Supervised fine-tuning (GPT-1 §3.2): a linear head on h(extract) plus the auxiliary LM loss, L3 = L2 + λ·L1.
 
-Resume is exact, as in pretraining: a checkpoint every `ckpt_every` optimizer steps (and `last.ckpt`),
+Resume is exact, as in pretraining: `last.ckpt` every `ckpt_every` optimizer steps and after each epoch's dev check,
 training batches a pure function of (seed, optimizer step) (`EpochPermutationBatches`), and the RNG
 states that drive dropout saved in every checkpoint; a run killed mid-epoch and continued from
 `last.ckpt` sees no example twice or never and ends with the uninterrupted run's weights.
@@ -149,6 +149,19 @@ class FinetuneModule(L.LightningModule):
             set_rng_state(checkpoint[RNG_KEY])
 
 
+class StepCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `every_n_train_steps` optimizer steps, except after an epoch's last batch.
+
+    That state is saved by the epoch-end checkpoint once the epoch's dev check has run: Lightning does
+    not rerun a dev check on resume, so a checkpoint taken just before it would lose that check (and
+    with it an early-stopping or best-epoch decision) if the run were killed during it.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+
 class EpochPermutationBatches(Sampler[list[int]]):
     """Batches of example indices: epoch e visits `default_rng([seed, e]).permutation(n)` in order.
 
@@ -209,8 +222,11 @@ def finetune(
     # iter(), which would shift the dropout stream of a run resumed mid-epoch.
     dev_loader = DataLoader(dev, batch_size=64, collate_fn=collate, generator=torch.Generator()) if dev else None
     module = FinetuneModule(model, cfg, cfg.epochs * steps_per_epoch, metrics)
+    one_last = {"enable_version_counter": False}  # both write the one `last.ckpt`, not last-v1.ckpt
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True),
+        StepCheckpoint(ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True, **one_last),
+        # each epoch's end, after its dev check (Lightning writes last.ckpt only beside a top-k checkpoint there)
+        ModelCheckpoint(ckpt_dir, filename="epoch-end", save_top_k=1, save_last=True, **one_last),
         *(extra_callbacks or []),
     ]
     monitor, mode = f"val_{metrics[0]}", "max" if HIGHER_IS_BETTER[metrics[0]] else "min"

@@ -102,3 +102,26 @@ def test_resume_without_rng_state_would_differ(data, tmp_path):
     torch.save(ckpt, last)
     resumed, _ = _run(data, tmp_path / "b")
     assert not _same_weights(resumed, straight)
+
+
+class CrashInDevCheck(L.Callback):
+    def on_validation_start(self, trainer, module):
+        raise Crash("killed during the dev check")
+
+
+class RecordDevChecks(L.Callback):
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def on_validation_end(self, trainer, module):
+        self.steps.append(trainer.global_step)
+
+
+def test_a_kill_during_the_dev_check_resumes_before_it(data, tmp_path):
+    """The epoch's last step is checkpointed after its dev check, so a resumed run does not skip that check."""
+    with pytest.raises(Crash):
+        _run(data, tmp_path, CrashInDevCheck())
+    assert torch.load(tmp_path / LAST_CKPT, weights_only=True)["global_step"] == 4
+    checks = []
+    _run(data, tmp_path, RecordDevChecks(checks))
+    assert checks == [6, 12]
