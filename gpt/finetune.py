@@ -267,7 +267,7 @@ def finetune(
     m = trainer.callback_metrics
     best_metric = float(m.get(monitor, float("nan")))
     if best is not None and best.best_model_path:
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
         best_metric = float(best.best_model_score)
     return FinetuneResult(
