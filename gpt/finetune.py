@@ -110,6 +110,7 @@ class FinetuneModule(L.LightningModule):
     def __init__(self, model: TaskModel, cfg: FinetuneConfig, total_steps: int, metrics: tuple[str, ...] = ()):
         super().__init__()
         self.model, self.cfg, self.total_steps, self.metrics = model, cfg, total_steps, metrics
+        self.resumed_from_step = 0
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -145,6 +146,7 @@ class FinetuneModule(L.LightningModule):
         checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.resumed_from_step = int(checkpoint["global_step"])
         if RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
 
@@ -191,6 +193,7 @@ class FinetuneResult:
 
     train_examples: int
     steps: int
+    resumed_from_step: int
     epochs_run: int
     final_train_loss: float
     final_task_loss: float
@@ -273,6 +276,7 @@ def finetune(
     return FinetuneResult(
         train_examples=len(train),
         steps=trainer.global_step,
+        resumed_from_step=module.resumed_from_step,
         epochs_run=trainer.current_epoch,
         final_train_loss=float(m.get("train_loss", float("nan"))),
         final_task_loss=float(m.get("task_loss", float("nan"))),

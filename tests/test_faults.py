@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -286,7 +285,7 @@ def test_sigkill_during_a_stage_then_rerun_loses_nothing(stage, uninterrupted, t
         assert after["pretrain"]["resumed_from_step"] >= 20
     if stage == "finetune":  # resumed from the mid-stage checkpoint, not from step 0
         assert ckpt_step >= 5
-        assert re.search(r"Restoring states from the checkpoint path at \S*/finetune/\S*/last\.ckpt", out), out[-4000:]
+        assert after["finetune[sst2]"]["resumed_from_step"] == ckpt_step
     assert after["pretrain"] == {**uninterrupted["pretrain"], **{k: after["pretrain"][k] for k in TIMING_KEYS}}
     assert after["evaluate[sst2]"] == uninterrupted["evaluate[sst2]"]
 
