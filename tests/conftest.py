@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from gpt.shards import encode_corpus
+from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.yaml"
@@ -31,3 +35,14 @@ def _no_leaked_tracking_uri():
     yield
     if "mlflow" in sys.modules:
         sys.modules["mlflow"].set_tracking_uri(before)  # None clears both the global and the variable
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> tuple[Path, int]:
+    """Token shards of a small story corpus with a 300-rank BPE: (shard dir, vocab size), for training tests."""
+    d = tmp_path_factory.mktemp("shards")
+    docs = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." * 8 for i in range(40)]
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
+    encode_corpus(d / "corpus.jsonl", enc, d, 0.1, seed=0)
+    return d, enc.n_vocab

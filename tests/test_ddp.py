@@ -17,8 +17,6 @@ import pytest
 import torch
 
 from gpt.pretrain import INITIAL_VAL_FILE, LAST_CKPT
-from gpt.shards import encode_corpus
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK, GLOBAL_BATCH, STEPS = 16, 16, 12
@@ -42,16 +40,6 @@ _, result = pretrain(gcfg, tcfg, Path(a["shards"]), Path(a["ckpt"]), seed=0,
 if os.environ.get("LOCAL_RANK", "0") == "0":
     Path(a["ckpt"], "result.json").write_text(json.dumps(result.__dict__))
 """
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
-    docs = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." * 8 for i in range(40)]
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
-    encode_corpus(d / "corpus.jsonl", enc, d, 0.1, seed=0)
-    return d, enc.n_vocab
 
 
 def _train(tmp_path: Path, shards, ckpt: Path, client, experiment_id: str, devices: int, **kw) -> tuple[dict, str]:

@@ -1,4 +1,3 @@
-import json
 
 import lightning as L
 import pytest
@@ -7,18 +6,7 @@ import torch
 from gpt.config import ModelConfig, PretrainConfig
 from gpt.model import GPTConfig
 from gpt.pretrain import LAST_CKPT, accumulation, pretrain
-from gpt.shards import encode_corpus
 from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("shards")
-    docs = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." * 8 for i in range(40)]
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
-    enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
-    encode_corpus(d / "corpus.jsonl", enc, d, 0.1, seed=0)
-    return d, enc.n_vocab
 
 
 def _setup(vocab: int, norm: str = "post", **train):
