@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from gpt.config import FinetuneConfig
 from gpt.model import GPT, GPTConfig
 from gpt.optim import adamw, warmup_linear
-from gpt.pretrain import LAST_CKPT, RNG_KEY, resolve_precision, rng_state, set_rng_state
+from gpt.pretrain import LAST_CKPT, ExactResumeModule, resolve_precision
 from gpt.tasks_metrics import HIGHER_IS_BETTER, compute_metrics
 from gpt.transforms import EncodedExample, collate
 
@@ -104,13 +104,12 @@ def task_loss(model: TaskModel, logits: torch.Tensor, labels: torch.Tensor) -> t
     return F.cross_entropy(logits.float(), labels)
 
 
-class FinetuneModule(L.LightningModule):
+class FinetuneModule(ExactResumeModule):
     """Trains a TaskModel on L3 = L2 + λ·L1 (just L2 when λ = 0) and scores the dev split each epoch."""
 
     def __init__(self, model: TaskModel, cfg: FinetuneConfig, total_steps: int, metrics: tuple[str, ...] = ()):
         super().__init__()
         self.model, self.cfg, self.total_steps, self.metrics = model, cfg, total_steps, metrics
-        self.resumed_from_step = 0
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -140,15 +139,6 @@ class FinetuneModule(L.LightningModule):
         warmup = math.ceil(self.cfg.warmup_fraction * self.total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(warmup, self.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Lightning does not save RNG states; dropout needs them for an exact resume."""
-        checkpoint[RNG_KEY] = rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.resumed_from_step = int(checkpoint["global_step"])
-        if RNG_KEY in checkpoint:
-            set_rng_state(checkpoint[RNG_KEY])
 
 
 class StepCheckpoint(ModelCheckpoint):

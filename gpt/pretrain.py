@@ -59,7 +59,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-class LMModule(L.LightningModule):
+class ExactResumeModule(L.LightningModule):
+    """A LightningModule whose checkpoints carry the RNG states, so a resumed run draws the same dropout masks."""
+
+    resumed_from_step: int = 0  # the global step of the checkpoint this run resumed from
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Lightning does not save RNG states; dropout needs them for an exact resume."""
+        checkpoint[RNG_KEY] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.resumed_from_step = int(checkpoint["global_step"])
+        if RNG_KEY in checkpoint:
+            set_rng_state(checkpoint[RNG_KEY])
+
+
+class LMModule(ExactResumeModule):
     """Next-token prediction on a GPT; logs train_loss, val_loss and (via callbacks) lr, tokens/s, MFU."""
 
     def __init__(self, gpt_config: dict[str, Any], train: dict[str, Any]):
@@ -69,7 +84,6 @@ class LMModule(L.LightningModule):
         self.train_cfg = PretrainConfig(**train)
         cfg = self.model.config
         self.flops_per_batch = self.model.flops_per_token() * self.train_cfg.batch_size * cfg.block_size
-        self.resumed_from_step = 0
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
@@ -94,15 +108,6 @@ class LMModule(L.LightningModule):
             fn = warmup_cosine(c.warmup_steps, c.max_steps, c.min_lr_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Lightning does not save RNG states; dropout needs them for an exact resume."""
-        checkpoint[RNG_KEY] = rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.resumed_from_step = int(checkpoint["global_step"])
-        if RNG_KEY in checkpoint:
-            set_rng_state(checkpoint[RNG_KEY])
 
 
 @dataclass

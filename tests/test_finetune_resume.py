@@ -4,6 +4,7 @@ same order (none skipped or repeated) and, with dropout on, the uninterrupted ru
 import lightning as L
 import pytest
 import torch
+from crash import Crash, CrashAt
 
 from gpt.config import FinetuneConfig
 from gpt.finetune import TaskModel, finetune
@@ -14,21 +15,6 @@ from gpt.tokenizer import SPLIT_PATTERN, build_encoding
 from gpt.transforms import encode_examples
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAt(L.Callback):
-    """Stops the run with an exception after `step` optimizer steps (an in-process 'kill')."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.step:
-            raise Crash(f"killed at {self.step}")
 
 
 class RecordBatches(L.Callback):

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
+from crash import Crash, CrashAt
 
 from gpt.config import ModelConfig, PretrainConfig
 from gpt.model import GPTConfig
@@ -37,21 +37,6 @@ _, result = pretrain(GPTConfig(**args["gpt"]), PretrainConfig(**args["train"]), 
                      Path(args["ckpt"]), seed=0, extra_callbacks=callbacks)
 print(json.dumps({"final_val_loss": result.final_val_loss, "resumed_from_step": result.resumed_from_step}))
 """
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class CrashAt(L.Callback):
-    """Stops the run with an exception after `step` optimizer steps (an in-process 'kill')."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.step:
-            raise Crash(f"killed at {self.step}")
 
 
 def _setup(vocab: int, **train):
