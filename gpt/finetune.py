@@ -46,7 +46,17 @@ class TaskModel(nn.Module):
     score per answer sequence, so a softmax over dim 1 spans one question's answers.
     """
 
-    def __init__(self, gpt: GPT, task_type: str, num_outputs: int, clf_dropout: float, regression: bool = False):
+    def __init__(
+        self,
+        gpt: GPT,
+        task_type: str,
+        num_outputs: int,
+        clf_dropout: float,
+        regression: bool = False,
+        init_seed: int | None = None,
+    ):
+        """`init_seed` draws the head's weights from its own generator, so they do not depend on what
+        else drew from the process-global torch RNG before (None: the global RNG, e.g. before a load)."""
         super().__init__()
         self.gpt = gpt
         self.task_type = task_type
@@ -55,7 +65,8 @@ class TaskModel(nn.Module):
         self.clf_dropout = nn.Dropout(clf_dropout)
         out = 1 if task_type == "multiple_choice" or regression else num_outputs
         self.head = nn.Linear(gpt.config.n_embd, out)
-        nn.init.normal_(self.head.weight, std=0.02)
+        generator = torch.Generator().manual_seed(init_seed) if init_seed is not None else None
+        nn.init.normal_(self.head.weight, std=0.02, generator=generator)
         nn.init.zeros_(self.head.bias)
 
     def forward(

@@ -70,7 +70,8 @@ def compute(ctx: StageContext) -> StageOutput:
     dev = None
     if ft.early_stopping_patience or ft.select_best:
         dev = load_split(spec, "dev", enc, ft.max_examples, cfg.seed, ctx.cache_dir, max_len)[1]
-    model = TaskModel(gpt, spec.type, spec.num_outputs, ft.clf_dropout, spec.regression)
+    # the head from the section's seed, not the global RNG (whatever ran earlier in this process drew from it)
+    model = TaskModel(gpt, spec.type, spec.num_outputs, ft.clf_dropout, spec.regression, init_seed=section["seed"])
     logger = stage_logger(ctx.tracking_uri, ctx.run_id)
     result = finetune(
         model,

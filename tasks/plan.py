@@ -17,7 +17,7 @@ VERSIONS = {
     "tokenizer": "2",
     "encode": "2",
     "pretrain": "3",
-    "finetune": "3",  # 3: batches a pure function of (seed, epoch, position), for exact mid-stage resume
+    "finetune": "4",  # 3: batches a function of (seed, epoch, position); 4: head init from the section seed
     "evaluate": "2",
     "report": "2",
 }

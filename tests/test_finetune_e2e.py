@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from gpt.config import load_config
 from gpt.model import GPT, GPTConfig, save_model
@@ -90,3 +91,19 @@ def test_init_from_a_model_directory_with_a_smaller_vocabulary(tmp_path, upstrea
     assert stages["finetune[rte]"].upstream == ["tokenizer"]
     ev, _ = run_variant(tmp_path, {"tokenizer": upstream["tokenizer"]}, cfg, "rte")
     assert 0.0 <= ev.summary["accuracy"] <= 1.0
+
+
+def test_finetune_is_a_function_of_its_inputs_and_seed_not_the_global_rng(tmp_path, upstream):
+    """What drew from the process-global torch RNG before the stage (pretraining in process, another
+    stage on the same worker) must not change the task head's init, hence the fine-tuned weights."""
+    from safetensors.torch import load_file
+
+    cfg = load_config(None, [*TINY, *QUICK, "finetune.tasks=[sst2]"])
+    weights = []
+    for global_seed in (1, 2):
+        (tmp_path / str(global_seed)).mkdir()
+        torch.manual_seed(global_seed)
+        run_variant(tmp_path / str(global_seed), upstream, cfg, "sst2")
+        weights.append(load_file(tmp_path / str(global_seed) / "ft" / finetune.TASK_MODEL_DIR / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
