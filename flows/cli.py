@@ -54,10 +54,18 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--from", dest="from_stage", help="recompute this stage and everything after it")
         sp.add_argument("--force", type=_csv, help="recompute these stages and everything downstream of them")
 
+    def store_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--store",
+            help="shared copy of finished stages and MLflow artifacts: an fsspec URL such as file:///shared/dir "
+            "or s3://bucket/prefix (default: $GPTFLOW_STORE; none)",
+        )
+
     run = sub.add_parser("run", help="run the pipeline (finished stages are reused from cache)")
     common(run)
     selection(run)
     run.add_argument("--experiment", help="MLflow experiment name (overrides the config's `experiment`)")
+    store_option(run)
 
     stages = sub.add_parser("stages", help="dry run: each stage's key, status and why (starts nothing)")
     common(stages)
@@ -69,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     selection(serve)
     serve.add_argument("--cron", required=True, help='schedule, e.g. "0 3 * * *" (03:00 daily)')
     serve.add_argument("--name", help="deployment name (default: gptflow-<experiment>)")
+    store_option(serve)
 
     report = sub.add_parser("report", help="write the report card of a pipeline run (report.html, report.md, plots)")
     report.add_argument("run_id")
@@ -144,6 +153,7 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     check_stages(plan, *select(plan, args.only, args.from_stage, args.force))
     ws.check_writable()
     ws.check_tracking()
+    ws.check_store()
     from flows.api_server import prefect_api
     from flows.pipeline import pipeline
     from tasks.runner import BAD_INPUT
@@ -196,6 +206,7 @@ def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
     select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force)
     ws.check_writable()
     ws.check_tracking()
+    ws.check_store()
     serve(cfg, ws, args.cron, args.name, {"only": args.only, "from_stage": args.from_stage, "force": args.force})
     return 0
 
@@ -284,9 +295,12 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; config and input errors exit with code 2 and one line, no traceback."""
+    from tasks.remote_store import STORE_ENV, normalize_url
     from tasks.stage import user_error
 
     args = _parser().parse_args(argv)
+    if getattr(args, "store", None):  # the stage tasks and the flow read it from the environment
+        os.environ[STORE_ENV] = normalize_url(args.store)
     try:
         ws = Workspace.resolve(args.workspace)
         ws.configure_environment()

@@ -32,9 +32,22 @@ class Workspace:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
+    def store(self) -> str | None:
+        """The shared store URL (`--store`, else GPTFLOW_STORE), normalized; None when unset.
+
+        Not part of the experiment config: where stages are kept must not change their keys.
+        """
+        from tasks.remote_store import store_url_from_env
+
+        return store_url_from_env()
+
+    @property
     def artifact_location(self) -> str | None:
-        """Local artifact root for new experiments; a remote tracking server decides its own."""
-        return None if os.environ.get("MLFLOW_TRACKING_URI") else (self.root / "mlartifacts").as_uri()
+        """Artifact root for new experiments: `<store>/mlartifacts` with a store, else the workspace's
+        `mlartifacts/`; a remote tracking server decides its own."""
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return None
+        return f"{self.store}/mlartifacts" if self.store else (self.root / "mlartifacts").as_uri()
 
     def check_writable(self) -> None:
         """One line instead of a traceback deep inside a stage when the workspace cannot be written."""
@@ -67,6 +80,32 @@ class Workspace:
             httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except httpx.HTTPError as e:
             raise ConfigError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable: {e}") from None
+
+    def check_store(self) -> None:
+        """Fail fast, with one line naming --store/GPTFLOW_STORE, when the store is unusable: unknown
+        protocol, missing fsspec backend (e.g. s3fs), unreachable or not writable; and when MLflow
+        cannot use `<store>/mlartifacts` as its artifact store."""
+        url = self.store
+        if url is None:
+            return
+        from gpt.config import ConfigError
+        from tasks.remote_store import RemoteStore, StoreError
+
+        try:
+            RemoteStore(url).check()
+        except StoreError as e:
+            raise ConfigError(f"--store / GPTFLOW_STORE: {e}") from None
+        location = self.artifact_location
+        if location is None:
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            get_artifact_repository(location).list_artifacts()
+        except Exception as e:  # each artifact repository raises its own types (MlflowException, botocore, ...)
+            raise ConfigError(
+                f"--store / GPTFLOW_STORE: MLflow cannot use {location} as its artifact store: {type(e).__name__}: {e}"
+            ) from None
 
     def configure_environment(self) -> None:
         """Keep Prefect, MLflow and torch state inside the workspace, quiet and offline-friendly.

@@ -19,6 +19,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed, State
 
 from tasks.locks import file_lock
+from tasks.remote_store import RemoteStore
 from tasks.stage import Stage, StageContext, StageError, commit, user_error, verify_dir
 
 # Each stage's code lives in tasks/<kind>.py; it is imported only when the stage really runs, so a
@@ -56,16 +57,22 @@ def _compute(
     cache_dir: Path,
     force: bool,
 ) -> dict[str, Any]:
+    store = RemoteStore.from_env()  # the shared copy of finished stages (--store / GPTFLOW_STORE), if any
     with file_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
         if force:
             stage.clear()
         if stage.is_done():  # done before we asked, or by the run we waited for
+            if store:
+                store.push(stage)  # a no-op when the store has it already
             return {"dir": str(stage.dir), "computed": False, "artifacts": []}
         if stage.dir.exists():
             raise StageError(
                 f"stage '{stage.name}' output {stage.dir} is corrupt: {stage.verify()[0]}; "
                 f"rebuild it with --force {stage.name}"
             )
+        if store and not force and store.pull(stage):  # finished elsewhere: downloaded, verified, committed
+            get_run_logger().info(f"{stage.name}: reused from {store.stage_url(stage)}")
+            return {"dir": str(stage.dir), "computed": False, "artifacts": []}
         if stage.kind != "report":  # the report reads MLflow, not its upstream files
             check_inputs_intact(inputs)
         out_dir = stage.prepare_partial()
@@ -74,6 +81,8 @@ def _compute(
         ctx = StageContext(stage, cfg, inputs, out_dir, run_id, tracking_uri, cache_dir)
         out = importlib.import_module(f"tasks.{stage.kind}").compute(ctx)
         commit(stage, out.summary, out.info, run_id)
+        if store:
+            store.push(stage, overwrite=force)
         return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
 
 
