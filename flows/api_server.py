@@ -9,27 +9,15 @@ dies; elsewhere it is stopped at exit only.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
+from tasks.child_process import die_with_parent
 
 
 def _free_port() -> int:
@@ -48,7 +36,7 @@ def start_server(timeout: float) -> tuple[subprocess.Popen, str]:
         port = _free_port()
         argv = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
-        proc = subprocess.Popen(argv, env=env, preexec_fn=_die_with_parent(os.getpid()))
+        proc = subprocess.Popen(argv, env=env, preexec_fn=die_with_parent(os.getpid()))
         url = f"http://127.0.0.1:{port}/api"
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -192,6 +192,19 @@ class CustomTaskConfig:
 
 
 @dataclass
+class FanoutConfig:
+    """How the independent fine-tune/evaluate stages (tasks, ablations, seeds) run at once.
+
+    Placement only, like `pretrain.strategy`: no stage's cache key depends on it.
+    """
+
+    runner: Literal["thread", "dask", "ray"] = "thread"  # the Prefect task runner; dask/ray need their extra
+    max_concurrency: int | None = None  # stages in flight at once; None: one per visible GPU, 1 on CPU
+    address: str | None = None  # an existing Dask scheduler / Ray cluster; None starts a local one
+    threads_per_stage: int | None = None  # torch CPU threads of each concurrent stage; None: cores / concurrency
+
+
+@dataclass
 class ExperimentConfig:
     """The whole resolved configuration of one pipeline run."""
 
@@ -205,6 +218,7 @@ class ExperimentConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tasks: dict[str, CustomTaskConfig] = field(default_factory=dict)  # custom tasks by name
     ablations: list[Literal["no_pretraining", "no_aux_lm"]] = field(default_factory=list)
+    fanout: FanoutConfig = field(default_factory=FanoutConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what YAML holds), for hashing and logging."""
@@ -363,6 +377,13 @@ def _strategy_available(name: str) -> bool:
     return name in ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "fsdp_cpu_offload")
 
 
+def _runner_available(name: str) -> bool:
+    """A fan-out task runner whose Prefect integration is installed (`gptflow[dask]`, `gptflow[ray]`)."""
+    import importlib.util
+
+    return name == "thread" or importlib.util.find_spec(f"prefect_{name}") is not None
+
+
 _RANGES: dict[type, list[tuple[str, Any, str]]] = {
     CorpusSourceConfig: [
         ("source", lambda v: bool(v.strip()), "a non-empty source (see README, Data offline)"),
@@ -412,6 +433,11 @@ _RANGES: dict[type, list[tuple[str, Any, str]]] = {
         ("early_stopping_patience", lambda v: v is None or v >= 1, ">= 1"),
         ("ckpt_every", lambda v: v >= 1, ">= 1"),
         ("seeds", lambda v: v is None or len(v) >= 1, "a non-empty list"),
+    ],
+    FanoutConfig: [
+        ("runner", _runner_available, "thread, or dask / ray with its extra installed (pip install 'gptflow[dask]')"),
+        ("max_concurrency", lambda v: v is None or v >= 1, ">= 1"),
+        ("threads_per_stage", lambda v: v is None or v >= 1, ">= 1"),
     ],
     FinetuneOverrides: [
         ("lr", lambda v: v is None or v > 0, "> 0"),

@@ -9,7 +9,7 @@ stages that fetch from the network).
 
 from __future__ import annotations
 
-import importlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,11 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import Failed, State
 
+from tasks.child_process import Placement, compute_placed, compute_stage
 from tasks.locks import file_lock
 from tasks.remote_store import RemoteStore
 from tasks.stage import Stage, StageContext, StageError, commit, user_error, verify_dir
 
-# Each stage's code lives in tasks/<kind>.py; it is imported only when the stage really runs, so a
-# fully cached rerun never imports torch, Lightning or torchmetrics (seconds on this machine).
 # Stages that fetch from the network get retries; training stages resume from checkpoints instead.
 RETRIES = {"corpus": 2, "tokenizer": 2}
 BAD_INPUT = "BadInput"
@@ -56,6 +55,7 @@ def _compute(
     tracking_uri: str | None,
     cache_dir: Path,
     force: bool,
+    placement: Placement | None,
 ) -> dict[str, Any]:
     store = RemoteStore.from_env()  # the shared copy of finished stages (--store / GPTFLOW_STORE), if any
     with file_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
@@ -79,8 +79,9 @@ def _compute(
         for aside in stage.set_aside_broken_checkpoints():
             get_run_logger().warning(f"{stage.name}: checkpoint is corrupt, set aside as {aside}; training restarts")
         ctx = StageContext(stage, cfg, inputs, out_dir, run_id, tracking_uri, cache_dir)
-        out = importlib.import_module(f"tasks.{stage.kind}").compute(ctx)
-        commit(stage, out.summary, out.info, run_id)
+        started = time.time()
+        out = compute_stage(stage.kind, ctx) if placement is None else compute_placed(stage.kind, ctx, placement)
+        commit(stage, out.summary, out.info, run_id, started)
         if store:
             store.push(stage, overwrite=force)
         return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
@@ -95,10 +96,14 @@ def run_stage(
     tracking_uri: str | None,
     cache_dir: Path,
     force: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any] | State:
-    """Compute one stage into its partial dir and commit it; a complete dir is returned as is."""
+    """Compute one stage into its partial dir and commit it; a complete dir is returned as is.
+
+    `placement` is set for stages that fan out (see flows/fanout.py): their threads, GPU and process.
+    """
     try:
-        return _compute(stage, cfg, inputs, run_id, tracking_uri, cache_dir, force)
+        return _compute(stage, cfg, inputs, run_id, tracking_uri, cache_dir, force, placement)
     except Exception as e:
         message = user_error(e)
         if message is None or getattr(e, "transient", False):

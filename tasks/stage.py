@@ -247,8 +247,13 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def commit(stage: Stage, summary: dict[str, float], info: dict[str, Any], run_id: str | None) -> dict[str, Any]:
-    """Hash and fsync every file, write the manifest, rename the partial directory into place atomically."""
+def commit(
+    stage: Stage, summary: dict[str, float], info: dict[str, Any], run_id: str | None, started_at: float | None = None
+) -> dict[str, Any]:
+    """Hash and fsync every file, write the manifest, rename the partial directory into place atomically.
+
+    `started_at` (epoch seconds) is when the compute began, so the manifest holds the compute's span.
+    """
     partial = stage.partial_dir
     files = {}
     for p in sorted(partial.rglob("*")):
@@ -264,6 +269,7 @@ def commit(stage: Stage, summary: dict[str, float], info: dict[str, Any], run_id
         "info": info,
         "files": files,
         "produced_by_run": run_id,
+        "started_at": started_at,
         "completed_at": time.time(),
     }
     _write_json_atomic(partial / MANIFEST, manifest)

@@ -139,8 +139,8 @@ def test_server_child_dies_with_its_parent(tmp_path):
     """PR_SET_PDEATHSIG: the Prefect API server never outlives a SIGKILLed gptflow."""
     script = (
         "import os, subprocess, time\n"
-        "from flows.api_server import _die_with_parent\n"
-        "p = subprocess.Popen(['sleep', '60'], preexec_fn=_die_with_parent(os.getpid()))\n"
+        "from tasks.child_process import die_with_parent\n"
+        "p = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent(os.getpid()))\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(60)\n"
     )

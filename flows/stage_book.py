@@ -1,0 +1,92 @@
+"""Running one stage from the flow: its MLflow child run opened before, settled after.
+
+All MLflow bookkeeping stays in the flow's thread, whichever task runner computed the stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect.exceptions import TerminationSignal
+from prefect.states import State
+
+from gpt.config import ExperimentConfig
+from tasks.child_process import Placement
+from tasks.registry import register_stage_model
+from tasks.runner import BAD_INPUT, stage_task
+from tasks.stage import Stage
+from tasks.tracking import Tracker
+
+INTERRUPTS = (KeyboardInterrupt, SystemExit, TerminationSignal)
+
+
+class StageBook:
+    """Starts stages' child runs, builds their task calls, and records how each one ended."""
+
+    def __init__(self, tracker: Tracker, cfg: ExperimentConfig, plan: list[Stage], forced: set[str], downloads: Path):
+        self.tracker, self.cfg, self.forced, self.downloads = tracker, cfg, forced, downloads
+        self.by_name = {s.name: s for s in plan}
+        self.outcome: dict[str, str] = {}
+
+    def call(self, stage: Stage, child: str, placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
+        """The Prefect task for `stage` and its parameters (cache refreshed when the dir must be rebuilt)."""
+        forced = stage.name in self.forced
+        task = stage_task(stage, refresh=forced or not stage.is_done())
+        inputs = {u: self.by_name[u].dir for u in stage.upstream}
+        params = {
+            "stage": stage,
+            "cfg": self.cfg,
+            "inputs": inputs,
+            "run_id": child,
+            "tracking_uri": self.tracker.tracking_uri,
+            "cache_dir": self.downloads,
+            "force": forced,
+            "placement": placement,
+        }
+        return task, params
+
+    def run_inline(self, stage: Stage) -> str | None:
+        """Run `stage` in the flow's thread; returns a bad-input message, or None when it finished."""
+        child = self.tracker.start_child(stage)
+        try:
+            task, params = self.call(stage, child)
+            state = task(**params, return_state=True)
+        except INTERRUPTS as e:
+            self.tracker.fail(child, e, "KILLED")
+            raise
+        except BaseException as e:
+            self.tracker.fail(child, e)
+            raise
+        return self.settle(stage, child, state)
+
+    def run_in_order(self, stages: list[Stage]) -> str | None:
+        """Run stages one after another in the flow's thread, stopping at the first bad input (its message)."""
+        for stage in stages:
+            error = self.run_inline(stage)
+            if error:
+                return error
+        return None
+
+    def settle(self, stage: Stage, child: str, state: State) -> str | None:
+        """Close the child run from the stage task's final state: metrics, artifacts, registry.
+
+        Returns the one-line message of a bad-input failure; other failures are raised.
+        """
+        if state.name == BAD_INPUT:
+            self.tracker.fail(child, state.message)
+            return f"stage '{stage.name}': {state.message}"
+        try:
+            result = state.result()
+        except BaseException as e:
+            self.tracker.fail(child, e, "KILLED" if isinstance(e, INTERRUPTS) else "FAILED")
+            raise
+        # A Prefect cache hit returns the producing run's result, whose "computed" is True.
+        cached = state.name == "Cached" or not result["computed"]
+        if not cached:
+            self.tracker.log_artifacts(child, [stage.dir / a for a in result["artifacts"]])
+        self.tracker.finish_child(child, stage, stage.manifest(), cached)
+        inputs = {u: self.by_name[u].dir for u in stage.upstream}
+        register_stage_model(self.tracker.client, self.cfg, stage, child, inputs, cached)  # pretrain, evaluate[task]
+        self.outcome[stage.name] = "cached" if cached else "computed"
+        return None
