@@ -21,7 +21,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.stage_book import INTERRUPTS, StageBook
 from gpt.config import FanoutConfig
-from tasks.child_process import Placement
+from tasks.child_process import Placement, stop_children
 from tasks.stage import Stage
 
 FANOUT_KINDS = ("finetune", "evaluate")
@@ -145,6 +145,7 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
                 else:
                     done.add(stage.name)
         except INTERRUPTS as e:
+            stop_children()  # else the runner's exit would wait for them to finish
             for _, child, _ in in_flight.values():
                 book.tracker.fail(child, e, "KILLED")
             raise

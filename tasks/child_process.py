@@ -14,14 +14,19 @@ import importlib
 import os
 import signal
 import sys
+import threading
+import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from tasks.stage import StageContext, StageOutput
 
 PR_SET_PDEATHSIG = 1
+_running: set[BaseProcess] = set()  # stage computes in child processes, for stop_children
+_running_lock = threading.Lock()
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> Callable[[], None]:
@@ -66,15 +71,55 @@ def _visible_gpu(index: int) -> str:
     return visible[index].strip() if index < len(visible) else str(index)
 
 
+class ChildTraceback(Exception):
+    """The traceback of an error raised in a stage's child process, attached as the re-raised error's cause."""
+
+
+def _child_main(conn: Connection, parent: int, threads: int, gpu: str | None, kind: str, ctx: StageContext) -> None:
+    _start_child(parent, threads, gpu)
+    try:
+        conn.send((True, compute_stage(kind, ctx), ""))
+    except BaseException as e:
+        conn.send((False, e, traceback.format_exc()))
+
+
 def compute_placed(kind: str, ctx: StageContext, placement: Placement) -> StageOutput:
-    """The stage's compute with its placement applied: in a spawned child process, or in this worker process."""
+    """The stage's compute with its placement applied: in a spawned child process, or in this worker process.
+
+    An error in the child is raised here (its traceback as the cause); a child that dies without
+    a word (killed) raises RuntimeError.
+    """
     if not placement.spawn:
         import torch
 
         torch.set_num_threads(placement.threads)
         return compute_stage(kind, ctx)
     gpu = None if placement.gpu is None else _visible_gpu(placement.gpu)
-    with ProcessPoolExecutor(
-        1, mp_context=get_context("spawn"), initializer=_start_child, initargs=(os.getpid(), placement.threads, gpu)
-    ) as pool:
-        return pool.submit(compute_stage, kind, ctx).result()
+    mp = get_context("spawn")
+    receive, send = mp.Pipe(duplex=False)
+    proc = mp.Process(target=_child_main, args=(send, os.getpid(), placement.threads, gpu, kind, ctx))
+    proc.start()
+    send.close()
+    with _running_lock:
+        _running.add(proc)
+    try:
+        ok, value, trace = receive.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"stage '{ctx.stage.name}': its process died (exit code {proc.exitcode})") from None
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+        receive.close()
+    proc.join()
+    if not ok:
+        raise value from ChildTraceback(trace)
+    return value
+
+
+def stop_children() -> None:
+    """Kill every stage compute running in a child process (the flow was interrupted); checkpoints stay."""
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        proc.kill()

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import types
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from flows.cli import main
 from flows.fanout import concurrency, concurrent, groups, run_concurrently, stage_threads, visible_gpus
 from gpt.config import ConfigError, ExperimentConfig, FanoutConfig, from_dict, load_config
 from tasks.plan import build_plan
 
-MICRO = Path(__file__).resolve().parents[1] / "configs" / "micro.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ROOT / "configs" / "micro.yaml"
 
 
 def test_groups_split_the_plan_into_fan_out_runs_and_the_rest():
@@ -191,3 +198,61 @@ def test_a_crash_is_raised_after_the_stages_in_flight_settle(monkeypatch):
     with pytest.raises(RuntimeError, match=r"finetune\[sst2\] crashed"):
         run_concurrently(book, fanout_stages(), FanoutConfig(max_concurrency=2))
     assert book.settled == ["finetune[sst2]", "finetune[story_cloze]"]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_gptflow_during_concurrent_finetunes_leaves_no_process_and_the_rerun_resumes(sig, tmp_path):
+    argv = [sys.executable, "-m", "flows.cli", "run", "--config", str(MICRO), "--workspace", str(tmp_path)]
+    sets = ["fanout.max_concurrency=2", "finetune.max_examples=320", "finetune.epochs=3", "finetune.ckpt_every=5"]
+    argv += [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 600
+    while len(list(tmp_path.glob("artifacts/finetune/*.partial/checkpoints/last.ckpt"))) < 2:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"never caught two fine-tunes running:\n{proc.communicate()[0][-3000:]}")
+        time.sleep(0.05)
+    below = descendants(proc.pid)
+    assert len(below) >= 3  # the Prefect API server and the two fine-tune processes
+    os.kill(proc.pid, sig)
+    out = proc.communicate(timeout=60)[0]  # SIGTERM: the flow stops its children instead of waiting for them
+    assert proc.returncode != 0
+    time.sleep(2)
+    assert not [p for p in below if alive(p)], out[-2000:]  # nothing orphaned (PR_SET_PDEATHSIG)
+    if sig == signal.SIGTERM:
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("gptflow-micro").experiment_id])
+        status = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
+        assert status["finetune[sst2]"] == status["finetune[story_cloze]"] == "KILLED", status
+
+    rerun = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    for manifest in (tmp_path / "artifacts" / "finetune").glob("*/manifest.json"):
+        assert json.loads(manifest.read_text())["summary"]["resumed_from_step"] >= 5
