@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -84,8 +85,11 @@ def sequential(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     return ws, evaluations(ws)
 
 
+RAY = pytest.mark.skipif(importlib.util.find_spec("prefect_ray") is None, reason="pip install 'gptflow[ray]'")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("runner", ["thread", "dask"])
+@pytest.mark.parametrize("runner", ["thread", "dask", pytest.param("ray", marks=RAY)])
 def test_two_finetunes_run_at_once_and_match_the_sequential_run(sequential, runner):
     ws, expected = sequential
     args = ["--set", f"fanout.runner={runner}", "--set", "fanout.max_concurrency=2", "--force", "finetune"]
