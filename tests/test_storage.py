@@ -140,7 +140,7 @@ def test_plain_paths_become_file_urls(tmp_path, monkeypatch):
     ],
 )
 def test_unusable_store_fails_fast_with_one_line(tmp_path, monkeypatch, capsys, url, needle):
-    monkeypatch.delenv(STORE_ENV, raising=False)  # main() sets it from --store; restored after the test
+    monkeypatch.setenv(STORE_ENV, "")  # main() sets it from --store; monkeypatch removes it after the test
     ws = tmp_path / "ws"
     code = main(["run", "--config", str(MICRO), "--workspace", str(ws), "--store", url])
     err = capsys.readouterr().err.strip().splitlines()
@@ -202,7 +202,7 @@ def test_s3_push_then_pull_into_a_second_workspace(tmp_path, s3_endpoint):
 
 
 def test_s3_store_without_its_bucket_fails_fast(tmp_path, s3_endpoint, monkeypatch, capsys):
-    monkeypatch.delenv(STORE_ENV, raising=False)
+    monkeypatch.setenv(STORE_ENV, "")
     code = main(["run", "--config", str(MICRO), "--workspace", str(tmp_path / "ws"), "--store", "s3://no-such-bucket"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "s3://no-such-bucket is not writable" in err[0], err
