@@ -18,9 +18,10 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import Failed, State
 
+from gpt.config import hash_json
 from tasks.child_process import Placement, compute_placed, compute_stage
 from tasks.locks import file_lock
-from tasks.remote_store import RemoteStore
+from tasks.remote_store import RemoteStore, store_url_from_env
 from tasks.stage import Stage, StageContext, StageError, commit, user_error, verify_dir
 
 # Stages that fetch from the network get retries; training stages resume from checkpoints instead.
@@ -29,9 +30,14 @@ BAD_INPUT = "BadInput"
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Prefect's cache key is the stage's content key, so a done stage shows as Cached across runs."""
+    """Prefect's cache key is the stage's content key, so a done stage shows as Cached across runs.
+
+    With a store (`--store`), the store is part of it: a stage finished before that store was set
+    is not a cache hit there, so `_compute` runs once and uploads it.
+    """
     stage: Stage = parameters["stage"]
-    return f"gptflow-{stage.kind}-{stage.key}"
+    store = store_url_from_env()
+    return f"gptflow-{stage.kind}-{stage.key}" + (f"-{hash_json(store, 8)}" if store else "")
 
 
 def _retryable(task: Any, task_run: Any, state: State) -> bool:

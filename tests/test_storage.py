@@ -211,11 +211,11 @@ def test_s3_store_without_its_bucket_fails_fast(tmp_path, s3_endpoint, monkeypat
 # --- the real pipeline on two workspaces sharing one store ----------------------------------------
 
 
-def gptflow_run(workspace: Path, store: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+def gptflow_run(workspace: Path, store: str | None, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     """`gptflow run` on the micro config in its own process: a second machine shares nothing but the store."""
     proc = subprocess.run(
         [sys.executable, "-m", "flows.cli", "run", "--config", str(MICRO), "--workspace", str(workspace)]
-        + ["--store", store, *extra],
+        + (["--store", store] if store else []) + list(extra),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -279,6 +279,19 @@ def test_file_store_second_workspace_recomputes_nothing(tmp_path):
     for kind, manifest in manifests(a).items():
         assert (tmp_path / "shared" / "artifacts" / kind / manifest["key"] / MANIFEST).is_file()
     assert_mlflow_artifacts_in_store(a, store, "tokenizer", "tokenizer.json", tmp_path)
+
+
+@pytest.mark.slow  # ~2 min: three `gptflow run` processes
+def test_stages_finished_before_the_store_was_set_are_uploaded_by_the_next_run(tmp_path):
+    store = (tmp_path / "shared").as_uri()
+    only = ("--only", ",".join(DATA_STAGES))
+    gptflow_run(tmp_path / "a", None, {}, *only)
+    assert not (tmp_path / "shared").exists()
+    gptflow_run(tmp_path / "a", store, {}, *only)  # all done locally: nothing recomputed, everything uploaded
+    for kind, manifest in manifests(tmp_path / "a").items():
+        assert (tmp_path / "shared" / "artifacts" / kind / manifest["key"] / MANIFEST).is_file(), kind
+    gptflow_run(tmp_path / "b", store, {}, *only)
+    assert manifests(tmp_path / "b") == manifests(tmp_path / "a")
 
 
 @pytest.mark.slow  # ~3 min: the whole micro pipeline once, then a second workspace reusing it from S3
