@@ -10,28 +10,22 @@ pretrained variant beats each ablation relative to the seed spread.
 from __future__ import annotations
 
 import argparse
-import re
-import statistics
-from collections import defaultdict
 
 from flows.workspace import Workspace
-from gpt.tasks_recipe import ABLATIONS
-from tasks.plan import STAGE_KINDS
+from reports.seeds import Spread, arm_spreads
 
-NAME = re.compile(rf"^(?P<task>[a-z0-9_]+)(?:-(?P<ablation>{'|'.join(ABLATIONS)}))?(?:-seed(?P<seed>\d+))?$")
 SKIP = {"examples", "majority_rate"}
 
 
-def collect(metrics: dict[str, float]) -> dict[tuple[str, str, str], list[float]]:
-    """(task, variant, metric) -> one value per seed, from a parent run's metrics."""
-    out: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for key, value in metrics.items():
-        variant, _, metric = key.rpartition(".")
-        m = NAME.match(variant)
-        if not m or m["task"] in STAGE_KINDS or metric in SKIP or metric.startswith("test_") or "." in variant:
-            continue
-        out[(m["task"], m["ablation"] or "pretrained", metric)].append(value)
-    return out
+def collect(metrics: dict[str, float]) -> dict[tuple[str, str, str], Spread]:
+    """(task, variant, metric) -> its values over the seeds (reports.seeds), dev metrics only."""
+    return {
+        (task, ablation or "pretrained", metric): spread
+        for task, arms in arm_spreads(metrics).items()
+        for ablation, per_metric in arms.items()
+        for metric, spread in per_metric.items()
+        if metric not in SKIP and not metric.startswith("test_")
+    }
 
 
 def main() -> None:
@@ -64,16 +58,15 @@ def main() -> None:
     table = collect(run.data.metrics)
     print(f"run {run.info.run_id}\n")
     print("| task | variant | metric | mean | std | seeds |\n|---|---|---|---|---|---|")
-    for (task, variant, metric), values in sorted(table.items()):
-        std = statistics.stdev(values) if len(values) > 1 else float("nan")
-        print(f"| {task} | {variant} | {metric} | {statistics.mean(values):.4f} | {std:.4f} | {len(values)} |")
+    for (task, variant, metric), s in sorted(table.items()):
+        print(f"| {task} | {variant} | {metric} | {s.mean:.4f} | {s.std:.4f} | {s.n} |")
     print()
-    for (task, variant, metric), values in sorted(table.items()):
+    for (task, variant, metric), s in sorted(table.items()):
         base = table.get((task, "pretrained", metric))
-        if variant == "pretrained" or not base or len(values) < 2 or len(base) < 2:
+        if variant == "pretrained" or not base or s.n < 2 or base.n < 2:
             continue
-        gap = statistics.mean(base) - statistics.mean(values)
-        spread = max(statistics.stdev(base), statistics.stdev(values))
+        gap = base.mean - s.mean
+        spread = max(base.std, s.std)
         verdict = "pretraining beats it" if gap > spread else "pretraining does not beat it"
         print(f"{task} {metric}: pretrained − {variant} = {gap:+.4f}, seed spread {spread:.4f}: {verdict}")
 

@@ -22,11 +22,13 @@ from gpt.config import ConfigError
 from reports import plots
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from reports.runs import STAGE_PREFIXES, TASK_METRIC, history, split_variant, stage_runs
+from reports.seeds import Spread, arm_spreads, split_arm
 
 PIPELINE_FILTER = "tags.`gptflow.kind` = 'pipeline'"
 PRETRAIN_COLUMNS = ("pretrain.final_val_loss", "pretrain.tokens_per_sec", "pretrain.mfu")
 LOWER_IS_BETTER = ("loss", "mse", "seconds")
 HIDDEN_TASK_METRICS = {"examples", "majority_rate"}
+SEED_MEAN, SEED_STD = " mean", " std"  # suffixes of the columns a run's fine-tuning seeds fold into
 
 
 @contextmanager
@@ -78,24 +80,54 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in PRETRAIN_COLUMNS if c in present] + sorted(shared, key=_order) + sorted(partial, key=_order)
 
 
-def _order(column: str) -> tuple[str, str, str]:
-    """Task, then its main recipe before its variants, then the metric."""
+def _order(column: str) -> tuple[str, str, int, str]:
+    """Task, then its main recipe before its ablations, each arm's seeds in order, then the metric."""
     name, metric = column.rsplit(".", 1)
     task, variant = split_variant(name)
-    return task, variant or "", metric
+    ablation, seed = split_arm(variant)
+    return task, ablation or "", seed or 0, metric
+
+
+def _fold_seeds(df: pd.DataFrame, metrics: list[str]) -> tuple[list[str], dict[str, list[float]]]:
+    """The metric columns with each arm's per-seed columns (`sst2-seed1.accuracy`, ...) replaced by
+    `sst2.accuracy mean` and `sst2.accuracy std` (sample std over the run's seeds, reports.seeds),
+    and the values of those new columns, one per run."""
+    per_run = [
+        arm_spreads({k.removeprefix("metrics."): v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)})
+        for _, row in df.iterrows()
+    ]
+    columns, folded = [], {}
+    for c in metrics:
+        name, metric = c.rsplit(".", 1)
+        task, suffix = split_variant(name)
+        ablation, seed = split_arm(suffix)
+        if seed is None:
+            columns.append(c)
+            continue
+        arm = "-".join([task, *([ablation] if ablation else [])]) + f".{metric}"
+        if arm + SEED_MEAN in folded:
+            continue
+        spreads: list[Spread | None] = [arms.get(task, {}).get(ablation, {}).get(metric) for arms in per_run]
+        folded[arm + SEED_MEAN] = [s.mean if s else math.nan for s in spreads]
+        folded[arm + SEED_STD] = [s.std if s else math.nan for s in spreads]
+        columns += [arm + SEED_MEAN, arm + SEED_STD]
+    return columns, folded
 
 
 def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (indexed by run name and short id): differing config keys, then final metrics."""
+    """One row per run (indexed by run name and short id): differing config keys, then final metrics.
+
+    A run fine-tuned with several seeds shows each arm's mean and sample std over them, not one column per seed.
+    """
     params = _differing_params(df)
-    metrics = _metric_columns(df)
+    metrics, folded = _fold_seeds(df, _metric_columns(df))
     out = pd.DataFrame(index=[f"{n} ({i[:8]})" for n, i in zip(df["tags.mlflow.runName"], df["run_id"], strict=True)])
     out.index.name = "run"
     out["run_id"] = list(df["run_id"])
     for c in params:
         out[c.removeprefix("params.")] = list(df[c])
     for c in metrics:
-        out[c] = list(df[f"metrics.{c}"])
+        out[c] = folded[c] if c in folded else list(df[f"metrics.{c}"])
     out.attrs["metrics"] = metrics
     return out
 
@@ -108,10 +140,12 @@ def metric_names(table: pd.DataFrame) -> list[str]:
 def best_rows(table: pd.DataFrame) -> dict[str, list[int]]:
     """Metric column -> row positions holding its best value (lowest for losses, highest otherwise).
 
-    A column where every run has the same value has no best and is left out.
+    A column where every run has the same value has no best and is left out, and so is a seed spread (std).
     """
     best = {}
     for c in metric_names(table):
+        if c.endswith(SEED_STD):
+            continue
         values = pd.to_numeric(table[c], errors="coerce").reset_index(drop=True)
         present = values.dropna()
         if present.nunique() < 2 and len(table) > 1:
@@ -155,7 +189,7 @@ def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Bl
     if series:
         path = plots.line_plot(out_dir / "compare_val_loss.png", series, "step", "val loss", "Pretraining val loss")
         blocks.append(Image(path.name, "validation loss during pretraining, one curve per run"))
-    tasks = [c for c in metric_names(table) if c not in PRETRAIN_COLUMNS]
+    tasks = [c for c in metric_names(table) if c not in PRETRAIN_COLUMNS and not c.endswith(SEED_STD)]
     if tasks:
         bars = {
             name: [None if pd.isna(v) else float(v) for v in table.iloc[i][tasks]] for i, name in enumerate(table.index)

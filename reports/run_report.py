@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from reports import plots
 from reports.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
 from reports.environment import hardware, package_versions
 from reports.paper import paper_number
-from reports.runs import download, history, list_artifact_paths, metric_keys, stage_runs, task_metrics
+from reports.runs import download, history, list_artifact_paths, metric_keys, stage_runs
+from reports.seeds import Spread, arm_spreads
 
 MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
 PRESETS = Path(__file__).resolve().parents[1] / "configs"  # the checkout's presets, when installed from one
@@ -274,42 +276,84 @@ def confusion(client: MlflowClient, run: Run, tmp: Path) -> tuple[list[str], lis
     return [str(x) for x in labels], table.values.tolist()
 
 
+def _spread_cell(spread: Spread | None, show: Callable[[float | None], str]) -> str:
+    """One value as is; several seeds as `mean ± sample std (n=N)`."""
+    if spread is None:
+        return ""
+    if spread.n == 1:
+        return show(spread.values[0])
+    return f"{show(spread.mean)} ± {show(spread.std)} (n={spread.n})"
+
+
+def _shown(task_arms: dict[str | None, dict[str, Spread]], ablations: list[str]) -> list[str]:
+    """The task's metric names in the table: the recipe's, then any only an ablation has."""
+    names = dict.fromkeys([*task_arms.get(None, {}), *(k for a in ablations for k in task_arms.get(a, {}))])
+    return [k for k in names if k not in NOT_TASK_METRICS]
+
+
+def _seed_table(grouped: dict[str, dict[str | None, dict[str, Spread]]], ablations: list[str]) -> list[Block]:
+    """Each seed's value for every arm fine-tuned with several seeds (what the task table's mean ± std sums up)."""
+    rows = [
+        (task, metric, ablation or "recipe", spread)
+        for task, arms in sorted(grouped.items())
+        for metric in _shown(arms, ablations)
+        for ablation in [None, *ablations]
+        if (spread := arms.get(ablation, {}).get(metric)) is not None and spread.n > 1
+    ]
+    if not rows:
+        return []
+    seeds = sorted({s for *_, spread in rows for s in spread.seeds}, key=lambda s: (s is not None, s or 0))
+    cells = []
+    for task, metric, arm, spread in rows:
+        show = _pct if metric in POINTS else _num
+        by_seed = dict(zip(spread.seeds, spread.values, strict=True))
+        cells.append([task, metric, arm, *(show(by_seed.get(s)) for s in seeds)])
+    header = ["task", "metric", "arm", *(f"seed {s}" if s is not None else "run seed" for s in seeds)]
+    return [Heading("Fine-tuning seeds", 3), Table(header, cells)]
+
+
 def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path, tmp: Path) -> list[Block]:
-    grouped = task_metrics(parent.data.metrics)
+    grouped = arm_spreads(parent.data.metrics)
     if not grouped:
         return []
-    variants = sorted({v for per in grouped.values() for v in per if v is not None})
-    header = ["task", "metric", "this run", *variants, "majority class", "GPT-1 paper"]
+    ablations = sorted({a for arms in grouped.values() for a in arms if a is not None})
+    header = ["task", "metric", "this run", *ablations, "majority class", "GPT-1 paper"]
     rows = []
-    for task, per in sorted(grouped.items()):
-        main = per.get(None, {})
-        names = dict.fromkeys([*main, *(k for v in variants for k in per.get(v, {}))])
-        names = [k for k in names if k not in NOT_TASK_METRICS]
-        for metric in names:
+    for task, arms in sorted(grouped.items()):
+        main = arms.get(None, {})
+        majority = main.get("majority_rate")
+        for metric in _shown(arms, ablations):
             paper = paper_number(task, metric)
             show = _pct if metric in POINTS else _num
             rows.append(
                 [
                     task,
                     metric,
-                    show(main.get(metric)),
-                    *[show(per.get(v, {}).get(metric)) for v in variants],
-                    _pct(main.get("majority_rate")) if metric == "accuracy" else "",
+                    _spread_cell(main.get(metric), show),
+                    *[_spread_cell(arms.get(a, {}).get(metric), show) for a in ablations],
+                    _pct(majority.mean) if majority and metric == "accuracy" else "",
                     f"{paper}" if paper is not None else "—",
                 ]
             )
+    seed_blocks = _seed_table(grouped, ablations)
     blocks: list[Block] = [
         Heading("Tasks (dev split)"),
-        Para("Accuracy, F1 and correlations ×100. Columns after `this run`: ablation and seed variants of the recipe."),
+        Para(
+            "Accuracy, F1 and correlations ×100. `this run`: the recipe; the columns after it: its ablations."
+            + (" Fine-tuned with several seeds: mean ± sample std (n seeds); each seed below." if seed_blocks else "")
+        ),
         Table(header, rows),
+        *seed_blocks,
     ]
-    for task in sorted(grouped):
-        run = stages.get(f"evaluate[{task}]")
+    for task, arms in sorted(grouped.items()):
+        first = next(iter(arms.get(None, {}).values()), None)  # the recipe's (first seed's) evaluate stage
+        name = task if first is None or first.seeds[0] is None else f"{task}-seed{first.seeds[0]}"
+        run = stages.get(f"evaluate[{name}]")
         cm = confusion(client, run, tmp) if run else None
         if cm:
             labels, matrix = cm
-            path = plots.confusion_plot(out / PLOTS_DIR / f"confusion_{task}.png", matrix, labels, task)
-            blocks.append(Image(str(path.relative_to(out)), f"{task}: confusion matrix (rows true, columns predicted)"))
+            path = plots.confusion_plot(out / PLOTS_DIR / f"confusion_{task}.png", matrix, labels, name)
+            blocks.append(Image(str(path.relative_to(out)), f"{name}: confusion matrix (rows true, columns predicted)"))
     return blocks
 
 

@@ -86,14 +86,3 @@ def metric_keys(client: MlflowClient, run: Run) -> list[str]:
     src = run if producer(run) == run.info.run_id else client.get_run(producer(run))
     return sorted(src.data.metrics)
 
-
-def task_metrics(metrics: dict[str, float]) -> dict[str, dict[str | None, dict[str, float]]]:
-    """Parent-run metrics grouped as task -> variant (None for the main run) -> metric -> value."""
-    out: dict[str, dict[str | None, dict[str, float]]] = {}
-    for key, value in metrics.items():
-        m = TASK_METRIC.match(key)
-        if not m or m["variant"] in STAGE_PREFIXES:
-            continue
-        task, variant = split_variant(m["variant"])
-        out.setdefault(task, {}).setdefault(variant, {})[m["metric"]] = value
-    return out
