@@ -82,7 +82,11 @@ def history(client: MlflowClient, run: Run, key: str) -> tuple[list[int], list[f
 
 
 def metric_keys(client: MlflowClient, run: Run) -> list[str]:
-    """Names of all metrics of a stage's producing run."""
-    src = run if producer(run) == run.info.run_id else client.get_run(producer(run))
+    """Names of all metrics of a stage's producing run (the run's own when that run is not in this store,
+    e.g. a stage reused from another workspace's artifacts)."""
+    try:
+        src = run if producer(run) == run.info.run_id else client.get_run(producer(run))
+    except MlflowException:
+        src = run
     return sorted(src.data.metrics)
 

@@ -156,3 +156,14 @@ def test_report_html_renders_in_chromium(recorded, tmp_path):
     files = build_report(MlflowClient(f"sqlite:///{ws / 'mlflow.db'}"), run_id, tmp_path)
     png = screenshot(files.html.as_uri(), OUTPUT / "report.png", size="1280,6000")
     assert distinct_colours(png) > 200  # text, tables and plots; a blank or error page has a handful
+
+
+def test_report_survives_a_stage_produced_by_a_run_missing_from_this_store(recorded, tmp_path):
+    """A stage reused from another workspace's artifacts names a producing run this store lacks."""
+    from reports.runs import metric_keys
+
+    ws, run_id = recorded
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    run = client.create_run(client.get_run(run_id).info.experiment_id, tags={"produced_by": "0" * 32})
+    client.log_metric(run.info.run_id, "val_loss", 5.0)
+    assert metric_keys(client, client.get_run(run.info.run_id)) == ["val_loss"]
