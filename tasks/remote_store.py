@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tasks.stage import MANIFEST, Stage, StageError, _fsync_dir, _write_json_atomic, verify_dir
+from tasks.stage import MANIFEST, Stage, StageError, fsync_dir, verify_dir, write_json_atomic
 
 STORE_ENV = "GPTFLOW_STORE"
 PROBE = ".gptflow-store-probe"
@@ -163,10 +163,10 @@ class RemoteStore:
             )
         os.rename(target, stage.dir)
         staging.rmdir()
-        _fsync_dir(stage.dir.parent)
+        fsync_dir(stage.dir.parent)
         if stage.partial_dir.exists():  # a killed local run's checkpoints: superseded by the finished stage
             shutil.rmtree(stage.partial_dir)
-        _write_json_atomic(stage.latest_path, stage.inputs_record())
+        write_json_atomic(stage.latest_path, stage.inputs_record())
         return True
 
     def _download(self, stage: Stage, raw: bytes, target: Path) -> list[str]:
@@ -195,5 +195,5 @@ class RemoteStore:
             for path in [target / MANIFEST, *(target / rel for rel in rels)]:
                 _fsync_file(path)
             for d in sorted({p.parent for p in target.rglob("*")} | {target}):
-                _fsync_dir(d)
+                fsync_dir(d)
         return problems

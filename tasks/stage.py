@@ -230,7 +230,8 @@ def _sha256(path: Path, sync: bool = False) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -238,7 +239,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never part of it."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(json.dumps(obj, indent=2, default=str))
@@ -260,7 +262,7 @@ def commit(
         if p.is_file() and p.name != MANIFEST:
             files[str(p.relative_to(partial))] = {"sha256": _sha256(p, sync=True), "bytes": p.stat().st_size}
     for d in sorted({p.parent for p in partial.rglob("*")} | {partial}):
-        _fsync_dir(d)
+        fsync_dir(d)
     manifest = {
         "stage": stage.name,
         "kind": stage.kind,
@@ -272,12 +274,12 @@ def commit(
         "started_at": started_at,
         "completed_at": time.time(),
     }
-    _write_json_atomic(partial / MANIFEST, manifest)
+    write_json_atomic(partial / MANIFEST, manifest)
     if stage.dir.exists():  # an unusable copy (no manifest, or corrupt and forced)
         shutil.rmtree(stage.dir)
     os.rename(partial, stage.dir)
-    _fsync_dir(stage.dir.parent)
-    _write_json_atomic(stage.latest_path, stage.inputs_record())
+    fsync_dir(stage.dir.parent)
+    write_json_atomic(stage.latest_path, stage.inputs_record())
     return manifest
 
 
