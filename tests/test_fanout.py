@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from procs import alive, descendants
 
 from flows.cli import main
 from flows.fanout import concurrency, concurrent, groups, run_concurrently, stage_threads, visible_gpus
@@ -204,29 +205,8 @@ def test_a_crash_is_raised_after_the_stages_in_flight_settle(monkeypatch):
     assert book.settled == ["finetune[sst2]", "finetune[story_cloze]"]
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid`, from /proc."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting to be reaped counts as dead)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow

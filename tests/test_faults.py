@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import alive, children
 
 from gpt.config import ConfigError, load_config
 from tasks.locks import file_lock
@@ -207,24 +208,8 @@ def summaries(ws: Path) -> dict[str, dict]:
     }
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting to be reaped counts as dead)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stable_file(pattern: str, ws: Path) -> bool:
