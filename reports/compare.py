@@ -91,7 +91,8 @@ def _order(column: str) -> tuple[str, str, int, str]:
 def _fold_seeds(df: pd.DataFrame, metrics: list[str]) -> tuple[list[str], dict[str, list[float]]]:
     """The metric columns with each arm's per-seed columns (`sst2-seed1.accuracy`, ...) replaced by
     `sst2.accuracy mean` and `sst2.accuracy std` (sample std over the run's seeds, reports.seeds),
-    and the values of those new columns, one per run."""
+    and the values of those new columns, one per run. A run without seeds shows its one value as the
+    mean (std blank), so seeded and unseeded runs compare in one column."""
     per_run = [
         arm_spreads({k.removeprefix("metrics."): v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)})
         for _, row in df.iterrows()
