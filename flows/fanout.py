@@ -4,8 +4,8 @@ The runner is Prefect's own: ThreadPoolTaskRunner, or prefect-dask's DaskTaskRun
 RayTaskRunner (a local cluster, or an existing one at `fanout.address`). At most
 `max_concurrency` stages are in flight, whatever the runner, and a stage is submitted only once
 its upstream stages have finished, so a failed fine-tune never starts its evaluation. On the
-thread runner each concurrent compute gets a spawned process of its own (tasks/child_process.py);
-Dask and Ray workers are processes already.
+thread runner each slot has a worker process of its own that computes its stages
+(tasks/child_process.py); Dask and Ray workers are processes already.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import glob
 import logging
 import os
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 from prefect.futures import PrefectFuture, as_completed
@@ -21,7 +22,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.stage_book import INTERRUPTS, StageBook
 from gpt.config import FanoutConfig
-from tasks.child_process import Placement, stop_children
+from tasks.child_process import Placement, stage_workers, stop_workers
 from tasks.stage import Stage
 
 FANOUT_KINDS = ("finetune", "evaluate")
@@ -105,8 +106,7 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
     """
     slots = concurrency(cfg)
     threads = stage_threads(cfg, slots)
-    spawn = cfg.runner == "thread"
-    gpus = visible_gpus()
+    own_workers = cfg.runner == "thread"  # Dask and Ray workers are processes already
     names = {s.name for s in stages}
     pending = list(stages)
     done: set[str] = set()
@@ -114,7 +114,8 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
     in_flight: dict[PrefectFuture[Any], tuple[Stage, str, int]] = {}
     error: str | None = None
     raised: BaseException | None = None
-    with make_runner(cfg, slots, threads) as runner:  # a local cluster starts here and stops on the way out
+    workers = stage_workers(slots, threads, visible_gpus()) if own_workers else nullcontext()
+    with workers, make_runner(cfg, slots, threads) as runner:  # a local cluster starts here and stops on the way out
         try:
             while True:
                 for stage in [] if error or raised else list(pending):
@@ -123,7 +124,7 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
                     if all(u in done for u in stage.upstream if u in names):
                         pending.remove(stage)
                         slot = free.pop(0)
-                        placement = Placement(threads, spawn, slot if spawn and slot < gpus else None)
+                        placement = Placement(threads, slot if own_workers else None)
                         child = book.tracker.start_child(stage)
                         task, params = book.call(stage, child, placement)
                         in_flight[runner.submit(task, params)] = (stage, child, slot)
@@ -145,7 +146,7 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
                 else:
                     done.add(stage.name)
         except INTERRUPTS as e:
-            stop_children()  # else the runner's exit would wait for them to finish
+            stop_workers()  # else the runner's exit would wait for their stages to finish
             for _, child, _ in in_flight.values():
                 book.tracker.fail(child, e, "KILLED")
             raise

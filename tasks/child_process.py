@@ -1,10 +1,12 @@
-"""Processes tied to the life of the process that starts them, and stage computes run in one.
+"""Processes tied to the life of the process that starts them, and the stage workers built on them.
 
 Stages that fan out on threads must not share one process: a fine-tune seeds torch's global RNG
-and sets its thread count, so two in one process would make results depend on scheduling. Each
-such compute runs in a freshly spawned process that the kernel stops (PR_SET_PDEATHSIG) when its
-parent thread dies, however it dies: an orphan would go on writing the partial directory that a
-rerun is about to use.
+and sets its thread count, so two at once in one process would make results depend on
+scheduling. Each fan-out slot gets a spawned worker process that computes its stages one after
+another (imports are paid once per slot; every stage seeds what it draws, so a worker's earlier
+stages do not change a later one's result, as on Dask and Ray workers). The kernel stops a worker
+(PR_SET_PDEATHSIG) when the thread that started it dies, however it dies: an orphan would go on
+writing the partial directory that a rerun is about to use.
 """
 
 from __future__ import annotations
@@ -14,19 +16,17 @@ import importlib
 import os
 import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 
 from tasks.stage import StageContext, StageOutput
 
 PR_SET_PDEATHSIG = 1
-_running: set[BaseProcess] = set()  # stage computes in child processes, for stop_children
-_running_lock = threading.Lock()
+_workers: dict[int, StageWorker] = {}  # this process's stage workers, by fan-out slot
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> Callable[[], None]:
@@ -43,26 +43,16 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> Callable[[], None
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a fanned-out stage computes: its torch CPU threads, its GPU (an index into the visible
-    ones), and whether it needs a process of its own (`spawn`: its task runs on a thread)."""
+    """Where a fanned-out stage computes: its torch CPU threads and, on the thread runner, the
+    fan-out slot whose worker process runs it (None: in the task runner's own worker process)."""
 
     threads: int
-    spawn: bool
-    gpu: int | None = None
+    slot: int | None = None
 
 
 def compute_stage(kind: str, ctx: StageContext) -> StageOutput:
     """Run `tasks/<kind>.py`'s compute, imported only now (a cached stage never imports torch)."""
     return importlib.import_module(f"tasks.{kind}").compute(ctx)
-
-
-def _start_child(parent: int, threads: int, gpu: str | None) -> None:
-    die_with_parent(parent, signal.SIGKILL)()
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def _visible_gpu(index: int) -> str:
@@ -72,54 +62,83 @@ def _visible_gpu(index: int) -> str:
 
 
 class ChildTraceback(Exception):
-    """The traceback of an error raised in a stage's child process, attached as the re-raised error's cause."""
+    """The traceback of an error raised in a stage worker, attached as the re-raised error's cause."""
 
 
-def _child_main(conn: Connection, parent: int, threads: int, gpu: str | None, kind: str, ctx: StageContext) -> None:
-    _start_child(parent, threads, gpu)
+def _worker_main(conn: Connection, parent: int, threads: int, gpu: str | None) -> None:
+    die_with_parent(parent, signal.SIGKILL)()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            kind, ctx = conn.recv()
+        except EOFError:  # the flow closed its end: no more stages
+            return
+        try:
+            conn.send((True, compute_stage(kind, ctx), ""))
+        except BaseException as e:
+            conn.send((False, e, traceback.format_exc()))
+
+
+class StageWorker:
+    """A spawned process computing stages one at a time for one fan-out slot, on its own GPU if given."""
+
+    def __init__(self, threads: int, gpu: int | None):
+        mp = get_context("spawn")
+        self._conn, theirs = mp.Pipe()
+        device = None if gpu is None else _visible_gpu(gpu)
+        self.process = mp.Process(target=_worker_main, args=(theirs, os.getpid(), threads, device), daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def compute(self, kind: str, ctx: StageContext) -> StageOutput:
+        """The stage's compute, in the worker; its error is raised here (the worker's traceback as the
+        cause), and a worker that dies without a word (killed) raises RuntimeError."""
+        self._conn.send((kind, ctx))
+        try:
+            ok, value, trace = self._conn.recv()
+        except EOFError:
+            self.process.join()
+            code = self.process.exitcode
+            raise RuntimeError(f"stage '{ctx.stage.name}': its worker process died (exit code {code})") from None
+        if not ok:
+            raise value from ChildTraceback(trace)
+        return value
+
+    def close(self) -> None:
+        """Let the worker finish and exit."""
+        self._conn.close()
+        self.process.join()
+
+
+@contextmanager
+def stage_workers(slots: int, threads: int, gpus: int) -> Iterator[None]:
+    """One worker process per fan-out slot for the duration of the block (slot i gets GPU i when there
+    are enough); stages placed on a slot compute there. Start them from the flow's main thread."""
+    for slot in range(slots):
+        _workers[slot] = StageWorker(threads, slot if slot < gpus else None)
     try:
-        conn.send((True, compute_stage(kind, ctx), ""))
-    except BaseException as e:
-        conn.send((False, e, traceback.format_exc()))
+        yield
+    finally:
+        workers = [_workers.pop(slot) for slot in range(slots)]
+        for worker in workers:
+            worker.close()
+
+
+def stop_workers() -> None:
+    """Kill every stage worker (the flow was interrupted), so nothing waits for their stages; checkpoints stay."""
+    for worker in list(_workers.values()):
+        worker.process.kill()
 
 
 def compute_placed(kind: str, ctx: StageContext, placement: Placement) -> StageOutput:
-    """The stage's compute with its placement applied: in a spawned child process, or in this worker process.
+    """The stage's compute where `placement` puts it: its slot's worker, or this (task runner) process."""
+    if placement.slot is not None:
+        return _workers[placement.slot].compute(kind, ctx)
+    import torch
 
-    An error in the child is raised here (its traceback as the cause); a child that dies without
-    a word (killed) raises RuntimeError.
-    """
-    if not placement.spawn:
-        import torch
-
-        torch.set_num_threads(placement.threads)
-        return compute_stage(kind, ctx)
-    gpu = None if placement.gpu is None else _visible_gpu(placement.gpu)
-    mp = get_context("spawn")
-    receive, send = mp.Pipe(duplex=False)
-    proc = mp.Process(target=_child_main, args=(send, os.getpid(), placement.threads, gpu, kind, ctx))
-    proc.start()
-    send.close()
-    with _running_lock:
-        _running.add(proc)
-    try:
-        ok, value, trace = receive.recv()
-    except EOFError:
-        proc.join()
-        raise RuntimeError(f"stage '{ctx.stage.name}': its process died (exit code {proc.exitcode})") from None
-    finally:
-        with _running_lock:
-            _running.discard(proc)
-        receive.close()
-    proc.join()
-    if not ok:
-        raise value from ChildTraceback(trace)
-    return value
-
-
-def stop_children() -> None:
-    """Kill every stage compute running in a child process (the flow was interrupted); checkpoints stay."""
-    with _running_lock:
-        procs = list(_running)
-    for proc in procs:
-        proc.kill()
+    torch.set_num_threads(placement.threads)
+    return compute_stage(kind, ctx)

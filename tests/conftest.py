@@ -28,13 +28,19 @@ def micro_config() -> Path:
 
 
 
+TRACKING_URI_AT_START = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tracking_uri():
-    """Lightning's MLFlowLogger sets MLflow's process-global tracking URI (and its env var); undo it after each test."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    """Lightning's MLFlowLogger sets MLflow's process-global tracking URI (and its env var); undo it after each test.
+
+    Reset to the value at start, not before the test: a module-scoped fixture that ran the pipeline
+    in-process has already leaked its URI when this fixture starts, and subprocesses inherit it.
+    """
     yield
     if "mlflow" in sys.modules:
-        sys.modules["mlflow"].set_tracking_uri(before)  # None clears both the global and the variable
+        sys.modules["mlflow"].set_tracking_uri(TRACKING_URI_AT_START)  # None clears both the global and the variable
 
 
 @pytest.fixture(scope="session")
