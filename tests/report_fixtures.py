@@ -134,3 +134,16 @@ def record_run(
     client.set_terminated(child("report", "report"), "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return parent
+
+
+def record_in_new_workspace(
+    tmp_path_factory, experiment: str, overrides: list[str], **run: dict[str, float]
+) -> tuple[Path, MlflowClient, str]:
+    """A fresh workspace whose MLflow store holds one `record_run` (tokenizer and models made for it):
+    (workspace, client, parent run id)."""
+    ws = tmp_path_factory.mktemp("ws")
+    assets = tmp_path_factory.mktemp("assets")
+    make_tokenizer(assets / "tokenizer")
+    make_models(assets, assets / "tokenizer")
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    return ws, client, record_run(client, experiment, assets, overrides, **run)

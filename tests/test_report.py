@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from report_fixtures import MICRO, make_models, make_tokenizer, record_run
+from report_fixtures import MICRO, record_in_new_workspace
 
 from flows.cli import main
 from gpt.config import load_config
@@ -31,12 +31,8 @@ PLOTS = ["loss.png", "lr.png", "zeroshot.png", "confusion_sst2.png"]
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> tuple[Path, str]:
     """A workspace whose MLflow store holds one recorded pipeline run with `pretrain.lr=0.01` over the micro preset."""
-    ws = tmp_path_factory.mktemp("ws")
-    assets = tmp_path_factory.mktemp("assets")
-    make_tokenizer(assets / "tokenizer")
-    make_models(assets, assets / "tokenizer")
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    return ws, record_run(client, "report-test", assets, ["pretrain.lr=0.01"])
+    ws, _, run_id = record_in_new_workspace(tmp_path_factory, "report-test", ["pretrain.lr=0.01"])
+    return ws, run_id
 
 
 def distinct_colours(png: Path) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from report_fixtures import ROOT, make_models, make_tokenizer, record_run
+from report_fixtures import ROOT, record_in_new_workspace
 
 from reports.run_report import build_report
 from reports.seeds import arm_spreads, split_arm
@@ -50,12 +50,10 @@ def test_ablation_benchmark_uses_the_same_spreads():
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory) -> tuple[MlflowClient, str]:
     """A recorded run fine-tuned with seeds 1, 2, 3: the recipe's stages and the no_pretraining arm's metrics."""
-    ws = tmp_path_factory.mktemp("ws")
-    assets = tmp_path_factory.mktemp("assets")
-    make_tokenizer(assets / "tokenizer")
-    make_models(assets, assets / "tokenizer")
-    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
-    return client, record_run(client, "seeds", assets, ["finetune.seeds=[1,2,3]"], tasks=RECIPE, ablations=ABLATION)
+    _, client, run_id = record_in_new_workspace(
+        tmp_path_factory, "seeds", ["finetune.seeds=[1,2,3]"], tasks=RECIPE, ablations=ABLATION
+    )
+    return client, run_id
 
 
 def test_report_card_shows_mean_and_std_per_arm_and_each_seed(seeded, tmp_path: Path):
