@@ -114,8 +114,9 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
     in_flight: dict[PrefectFuture[Any], tuple[Stage, str, int]] = {}
     error: str | None = None
     raised: BaseException | None = None
-    workers = stage_workers(slots, threads, visible_gpus()) if own_workers else nullcontext()
-    with workers, make_runner(cfg, slots, threads) as runner:  # a local cluster starts here and stops on the way out
+    workers = stage_workers(threads, visible_gpus()) if own_workers else nullcontext()
+    with workers as start_worker, make_runner(cfg, slots, threads) as runner:  # a local cluster starts here
+
         try:
             while True:
                 for stage in [] if error or raised else list(pending):
@@ -127,6 +128,8 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
                         placement = Placement(threads, slot if own_workers else None)
                         child = book.tracker.start_child(stage)
                         task, params = book.call(stage, child, placement)
+                        if own_workers and book.computes(stage):
+                            start_worker(slot)
                         in_flight[runner.submit(task, params)] = (stage, child, slot)
                 if not in_flight:
                     break

@@ -29,10 +29,14 @@ class StageBook:
         self.by_name = {s.name: s for s in plan}
         self.outcome: dict[str, str] = {}
 
+    def computes(self, stage: Stage) -> bool:
+        """Whether `stage` will be (re)computed rather than reused: forced, or not done in this workspace."""
+        return stage.name in self.forced or not stage.is_done()
+
     def call(self, stage: Stage, child: str, placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
         """The Prefect task for `stage` and its parameters (cache refreshed when the dir must be rebuilt)."""
         forced = stage.name in self.forced
-        task = stage_task(stage, refresh=forced or not stage.is_done())
+        task = stage_task(stage, refresh=self.computes(stage))
         inputs = {u: self.by_name[u].dir for u in stage.upstream}
         params = {
             "stage": stage,

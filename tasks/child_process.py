@@ -115,17 +115,21 @@ class StageWorker:
 
 
 @contextmanager
-def stage_workers(slots: int, threads: int, gpus: int) -> Iterator[None]:
-    """One worker process per fan-out slot for the duration of the block (slot i gets GPU i when there
-    are enough); stages placed on a slot compute there. Start them from the flow's main thread."""
-    for slot in range(slots):
-        _workers[slot] = StageWorker(threads, slot if slot < gpus else None)
+def stage_workers(threads: int, gpus: int) -> Iterator[Callable[[int], None]]:
+    """Yields `start(slot)`, which starts that fan-out slot's worker unless it runs already (slot i gets
+    GPU i when there are enough); stages placed on a slot compute there. Call it from the flow's
+    thread, and only for a stage that will compute: a fully cached rerun starts no worker (each
+    one imports torch). The workers exit with the block."""
+
+    def start(slot: int) -> None:
+        if slot not in _workers:
+            _workers[slot] = StageWorker(threads, slot if slot < gpus else None)
+
     try:
-        yield
+        yield start
     finally:
-        workers = [_workers.pop(slot) for slot in range(slots)]
-        for worker in workers:
-            worker.close()
+        for slot in list(_workers):
+            _workers.pop(slot).close()
 
 
 def stop_workers() -> None:

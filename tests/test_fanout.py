@@ -160,6 +160,9 @@ class FakeBook:
         self.settled: list[str] = []
         self.bad, self.crash = bad, crash
 
+    def computes(self, stage):
+        return False  # nothing to compute: no worker processes in these tests
+
     def call(self, stage, child, placement):
         return (lambda name: name), {"stage": stage, "placement": placement}
 
