@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from flows.gc_command import add_gc_parser, cmd_gc
 from flows.workspace import Workspace
 from gpt.config import ExperimentConfig, load_config
 
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--only", type=_csv, help="run only these stages, e.g. finetune,evaluate")
         sp.add_argument("--from", dest="from_stage", help="recompute this stage and everything after it")
         sp.add_argument("--force", type=_csv, help="recompute these stages and everything downstream of them")
+        sp.add_argument(
+            "--rebuild",
+            type=_csv,
+            help="recompute just these stages (e.g. a corrupt one); later stages are reused if it comes out the same",
+        )
 
     def store_option(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -125,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the workspace's store")
     ui.add_argument("--workspace")
     ui.add_argument("--port", type=int, default=5000)
+    add_gc_parser(sub)
     return p
 
 
@@ -150,7 +157,7 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     cfg = _load(args)
     check_inputs(cfg)
     plan = build_plan(cfg, ws.artifacts)
-    check_stages(plan, *select(plan, args.only, args.from_stage, args.force))
+    check_stages(plan, *select(plan, args.only, args.from_stage, args.force, args.rebuild))
     ws.check_writable()
     ws.check_tracking()
     ws.check_store()
@@ -167,6 +174,7 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
                 only=args.only,
                 from_stage=args.from_stage,
                 force=args.force,
+                rebuild=args.rebuild,
                 config_file=str(Path(args.config).resolve()) if args.config else None,
                 return_state=True,
             )
@@ -188,7 +196,7 @@ def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
 
     cfg = _load(args)
     plan = build_plan(cfg, ws.artifacts)
-    selected, forced = select(plan, args.only, args.from_stage, args.force)
+    selected, forced = select(plan, args.only, args.from_stage, args.force, args.rebuild)
     for row in describe(plan, selected, forced, deep=args.verify):
         print(f"{row['stage']:<24} {row['key']}  {row['status']:<8} {row['why']}")
     print(f"artifacts: {ws.artifacts}")
@@ -203,11 +211,12 @@ def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
     cfg = _load(args)
     check_cron(args.cron)
     check_inputs(cfg)
-    select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force)
+    select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force, args.rebuild)
     ws.check_writable()
     ws.check_tracking()
     ws.check_store()
-    serve(cfg, ws, args.cron, args.name, {"only": args.only, "from_stage": args.from_stage, "force": args.force})
+    selection = {"only": args.only, "from_stage": args.from_stage, "force": args.force, "rebuild": args.rebuild}
+    serve(cfg, ws, args.cron, args.name, selection)
     return 0
 
 
@@ -280,6 +289,7 @@ def cmd_ui(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 COMMANDS = {
+    "gc": cmd_gc,
     "run": cmd_run,
     "stages": cmd_stages,
     "serve": cmd_serve,

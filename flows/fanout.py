@@ -25,8 +25,6 @@ from gpt.config import FanoutConfig
 from tasks.child_process import Placement, stage_workers, stop_workers
 from tasks.stage import Stage
 
-FANOUT_KINDS = ("finetune", "evaluate")
-
 
 def visible_gpus() -> int:
     """NVIDIA GPUs this process may use, without importing torch (a cached rerun never does)."""
@@ -83,7 +81,7 @@ def concurrent(cfg: FanoutConfig) -> bool:
 
 def fans_out(stage: Stage) -> bool:
     """Whether a stage is one of the independent per-variant stages."""
-    return stage.kind in FANOUT_KINDS
+    return stage.definition.fans_out
 
 
 def groups(selected: list[Stage]) -> Iterator[tuple[bool, list[Stage]]]:
@@ -116,7 +114,6 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
     raised: BaseException | None = None
     workers = stage_workers(threads, visible_gpus()) if own_workers else nullcontext()
     with workers as start_worker, make_runner(cfg, slots, threads) as runner:  # a local cluster starts here
-
         try:
             while True:
                 for stage in [] if error or raised else list(pending):

@@ -16,6 +16,7 @@ from flows.stage_book import INTERRUPTS, StageBook
 from flows.workspace import Workspace
 from gpt.config import ExperimentConfig, from_dict
 from reports.run_report import PRESET_TAG
+from tasks.content import DigestCache
 from tasks.locks import file_lock
 from tasks.plan import build_plan, select
 from tasks.report import REPORT_FILE, REPORT_FILES
@@ -31,6 +32,7 @@ def pipeline(
     from_stage: str | None = None,
     force: list[str] | None = None,
     config_file: str | None = None,
+    rebuild: list[str] | None = None,
 ) -> dict[str, Any] | State:
     """Run the pipeline for a resolved config; returns the MLflow parent run id and per-stage outcome.
 
@@ -41,8 +43,8 @@ def pipeline(
     logging.getLogger("lightning.pytorch").propagate = False
     cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
     ws = Workspace(Path(workspace))
-    plan = build_plan(cfg, ws.artifacts)
-    selected, forced = select(plan, only, from_stage, force)
+    digests = DigestCache(ws.digests)
+    select(build_plan(cfg, ws.artifacts, digests=digests), only, from_stage, force, rebuild)  # fail before any run
     with file_lock(ws.root / "mlflow.lock"):  # concurrent runs would race creating the store and experiment
         tracker = Tracker(ws.tracking_uri, cfg.experiment, ws.artifact_location)
     tags = {"config_hash": cfg.digest(), "git_commit": git_commit(), "prefect_flow_run_id": str(flow_run.id)}
@@ -52,6 +54,8 @@ def pipeline(
     if resumed:  # the latest killed run of this config: this run continues its work
         tags["resumes"] = max(resumed, key=lambda r: r.info.start_time).info.run_id
     parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), tags)
+    plan = build_plan(cfg, ws.artifacts, run_id=parent, digests=digests)  # the report stage describes this run
+    selected, forced = select(plan, only, from_stage, force, rebuild)
     book = StageBook(tracker, cfg, plan, forced, ws.downloads)
     status = "FAILED"
     try:

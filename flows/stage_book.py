@@ -14,7 +14,7 @@ from prefect.states import State
 from gpt.config import ExperimentConfig
 from tasks.child_process import Placement
 from tasks.registry import register_stage_model
-from tasks.runner import BAD_INPUT, stage_task
+from tasks.runner import BAD_INPUT, CACHED, stage_env, stage_task
 from tasks.stage import Stage
 from tasks.tracking import Tracker
 
@@ -34,21 +34,11 @@ class StageBook:
         return stage.name in self.forced or not stage.is_done()
 
     def call(self, stage: Stage, child: str, placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
-        """The Prefect task for `stage` and its parameters (cache refreshed when the dir must be rebuilt)."""
-        forced = stage.name in self.forced
-        task = stage_task(stage, refresh=self.computes(stage))
-        inputs = {u: self.by_name[u].dir for u in stage.upstream}
-        params = {
-            "stage": stage,
-            "cfg": self.cfg,
-            "inputs": inputs,
-            "run_id": child,
-            "tracking_uri": self.tracker.tracking_uri,
-            "cache_dir": self.downloads,
-            "force": forced,
-            "placement": placement,
-        }
-        return task, params
+        """The Prefect task for `stage` and its parameters: the stage (its section is all it computes
+        from), where to log, whether it is forced, and where it computes."""
+        env = stage_env(stage, child, self.tracker.tracking_uri, self.downloads)
+        params = {"stage": stage, "env": env, "force": stage.name in self.forced, "placement": placement}
+        return stage_task(stage), params
 
     def run_inline(self, stage: Stage) -> str | None:
         """Run `stage` in the flow's thread; returns a bad-input message, or None when it finished."""
@@ -85,12 +75,11 @@ class StageBook:
         except BaseException as e:
             self.tracker.fail(child, e, "KILLED" if isinstance(e, INTERRUPTS) else "FAILED")
             raise
-        # A Prefect cache hit returns the producing run's result, whose "computed" is True.
-        cached = state.name == "Cached" or not result["computed"]
+        cached = state.name == CACHED or not result["computed"]
         if not cached:
             self.tracker.log_artifacts(child, [stage.dir / a for a in result["artifacts"]])
         self.tracker.finish_child(child, stage, stage.manifest(), cached)
-        inputs = {u: self.by_name[u].dir for u in stage.upstream}
-        register_stage_model(self.tracker.client, self.cfg, stage, child, inputs, cached)  # pretrain, evaluate[task]
+        if stage.definition.registers:  # pretrain, evaluate[task]
+            register_stage_model(self.tracker.client, self.cfg.experiment, stage, child, cached)
         self.outcome[stage.name] = "cached" if cached else "computed"
         return None

@@ -24,6 +24,13 @@ class Workspace:
         return self.root / "artifacts"
 
     @property
+    def digests(self) -> Path:
+        """Remembered sha256 of local input files (by path, size, mtime, inode), so unchanged ones are not re-read."""
+        from tasks.content import DIGESTS_FILE
+
+        return self.root / DIGESTS_FILE
+
+    @property
     def downloads(self) -> Path:
         return self.root / "downloads"
 

@@ -13,13 +13,30 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A config problem a user can fix; the message names the key or file."""
+
+
+# A field's `role` (dataclass field metadata) says whether it changes what a stage computes.
+# Fields without one do. `observation`: only what is logged or how often state is saved;
+# `placement`: only where and on how many devices the job runs. Both leave the trained weights
+# and written data unchanged, so a stage that differs only in them is the same stage.
+OBSERVATION, PLACEMENT = "observation", "placement"
+
+
+def observation(default: Any, why: str) -> Any:
+    """A field that changes only what is logged or saved along the way, not the result."""
+    return field(default=default, metadata={"role": OBSERVATION, "why": why})
+
+
+def placement(default: Any, why: str) -> Any:
+    """A field that changes only where the job runs, not the result."""
+    return field(default=default, metadata={"role": PLACEMENT, "why": why})
 
 
 @dataclass
@@ -76,7 +93,14 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    """Language-model pretraining with a Lightning Trainer."""
+    """Language-model pretraining with a Lightning Trainer.
+
+    Observation and placement fields (see `observation`, `placement`) are kept out of the stage's
+    cache key: changing them reuses (or resumes) the same pretraining. The global batch is fixed
+    by `batch_size` and `tokens_per_step`, so a rerun on another device count resumes the same
+    checkpoints; validation runs in eval mode without drawing from the training RNG, and samples
+    and zero-shot scores use RNGs of their own.
+    """
 
     max_steps: int = 200
     batch_size: int = 8
@@ -85,39 +109,27 @@ class PretrainConfig:
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    val_every: int = 50
-    val_batches: int = 8
-    ckpt_every: int = 50
-    log_every: int = 10
+    val_every: int = observation(50, "when the val loss is logged; the final val loss is measured at the end anyway")
+    val_batches: int = 8  # in the key: the reported final val loss depends on it
+    ckpt_every: int = observation(50, "how often a checkpoint is saved; a resume is exact from any step")
+    log_every: int = observation(10, "how often train loss, lr and tokens/s are logged")
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
-    strategy: str = "auto"  # auto | ddp | fsdp | fsdp_cpu_offload | deepspeed[_stage_N] (if installed)
-    devices: str = "auto"  # per node: auto, a count ("2") or a list of device ids ("0,1")
+    strategy: str = placement("auto", "auto | ddp | fsdp | fsdp_cpu_offload | deepspeed[_stage_N] (if installed)")
+    devices: str = placement("auto", 'per node: auto, a count ("2") or a list of device ids ("0,1")')
     accelerator: str = "auto"
-    sample_tokens: int = 48  # length of the continuations sampled after training
+    sample_tokens: int = observation(48, "length of the continuations sampled at validations and at the end")
     schedule: Literal["cosine", "linear"] = "cosine"  # after warmup: cosine to min_lr_ratio, or linear to 0
     tokens_per_step: int | None = None  # accumulate gradients to about this many tokens per optimizer step
     compile: bool | None = None  # torch.compile the model; None: on with CUDA, off on CPU
-    num_nodes: int = 1
-    ckpt_keep: int = 2  # step checkpoints kept besides last.ckpt
-    zeroshot_tasks: list[str] = field(default_factory=list)  # scored zero-shot at each validation (GPT-1 Fig. 2)
-    zeroshot_examples: int | None = 200  # dev examples per zero-shot task (None: all)
-    activation_checkpointing: bool = False  # fsdp: recompute each Transformer block in the backward pass
-    launcher: str = ""  # command prefix starting the training job's ranks, e.g. "srun" or "torchrun --no-python ..."
-
-    # How the job is spread over devices, not what it computes (the global batch is fixed by
-    # tokens_per_step): kept out of the stage's cache key, so a rerun on another device count
-    # resumes the same checkpoints.
-    PLACEMENT_KEYS: ClassVar[tuple[str, ...]] = (
-        "strategy",
-        "devices",
-        "num_nodes",
-        "launcher",
-        "activation_checkpointing",
+    num_nodes: int = placement(1, "nodes the job spans; the global batch stays tokens_per_step")
+    ckpt_keep: int = observation(2, "step checkpoints kept besides last.ckpt")
+    zeroshot_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"role": OBSERVATION, "why": "tasks scored zero-shot at each validation (GPT-1 Fig. 2); logged only"},
     )
-
-    def cache_section(self) -> dict[str, Any]:
-        """The keys that decide what pretraining computes (all but PLACEMENT_KEYS), for the stage's cache key."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.PLACEMENT_KEYS}
+    zeroshot_examples: int | None = observation(200, "dev examples per zero-shot task (None: all)")
+    activation_checkpointing: bool = placement(False, "fsdp: recompute each Transformer block in the backward pass")
+    launcher: str = placement("", "command prefix starting the training job's ranks, e.g. srun or torchrun ...")
 
 
 @dataclass
@@ -154,7 +166,7 @@ class FinetuneConfig:
     init: str = "pretrained"  # pretrained (the pipeline's) | scratch (random, same architecture) | a model dir
     early_stopping_patience: int | None = None  # stop after N dev checks without improvement of the dev metric
     select_best: bool = False  # keep the weights of the best dev-metric epoch instead of the last
-    ckpt_every: int = 50  # optimizer steps between mid-stage checkpoints (exact resume after a kill)
+    ckpt_every: int = observation(50, "optimizer steps between mid-stage checkpoints (exact resume after a kill)")
     seeds: list[int] | None = None  # fine-tune (and evaluate) each task once per seed
     per_task: dict[str, FinetuneOverrides] = field(default_factory=dict)  # task name -> recipe overrides
 

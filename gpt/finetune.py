@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from gpt.config import FinetuneConfig
 from gpt.model import GPT, GPTConfig
 from gpt.optim import adamw, warmup_linear
-from gpt.pretrain import LAST_CKPT, ExactResumeModule, resolve_precision
+from gpt.pretrain import ExactResumeModule, resolve_precision, resume_checkpoint
 from gpt.tasks_metrics import HIGHER_IS_BETTER, compute_metrics
 from gpt.transforms import EncodedExample, collate
 
@@ -260,8 +260,7 @@ def finetune(
     )
     batches = EpochPermutationBatches(len(train), cfg.batch_size, seed, lambda: trainer.global_step)
     loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
-    last = ckpt_dir / LAST_CKPT
-    resume = last if last.is_file() else None
+    resume = resume_checkpoint(ckpt_dir)  # last.ckpt, else the newest intact one (epoch-end.ckpt)
     with warnings.catch_warnings():
         # without a dev split the validation_step is simply unused; the loader resumes from the restored
         # global step (see EpochPermutationBatches), not from a loader state_dict Lightning looks for

@@ -161,6 +161,19 @@ def checkpoint_callback(cfg: PretrainConfig, ckpt_dir: Path) -> ModelCheckpoint:
     )
 
 
+def resume_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint a killed run continues from: `last.ckpt`, else the newest other checkpoint there.
+
+    A `last.ckpt` found corrupt is moved aside before training (tasks/stage.py), and the step
+    checkpoints kept beside it are exact resume points too, so less work is lost than from step 0.
+    """
+    last = ckpt_dir / LAST_CKPT
+    if last.is_file():
+        return last
+    others = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
+    return max(others, key=lambda p: p.stat().st_mtime_ns) if others else None
+
+
 def pretrain(
     gpt_config: GPTConfig,
     cfg: PretrainConfig,
@@ -207,7 +220,6 @@ def pretrain(
     accumulate = accumulation(cfg, gpt_config.block_size, trainer.world_size)
     trainer.accumulate_grad_batches = accumulate
     trainer.val_check_interval = cfg.val_every * accumulate
-    last = ckpt_dir / LAST_CKPT
     initial_file = ckpt_dir / INITIAL_VAL_FILE
     if initial_file.is_file():  # the step-0 val loss, kept so a resumed run still reports it
         initial = float(json.loads(initial_file.read_text())["val_loss"])
@@ -217,7 +229,7 @@ def pretrain(
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             initial_file.write_text(json.dumps({"val_loss": initial}))
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(ckpt_dir), weights_only=True)
     fit_seconds = time.perf_counter() - t0
     resumed_from = module.resumed_from_step
     tokens_per_step = accumulate * trainer.world_size * cfg.batch_size * gpt_config.block_size

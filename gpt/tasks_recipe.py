@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from gpt.config import ConfigError, ExperimentConfig, FinetuneConfig
 from gpt.tasks_spec import SENTIMENT_VERBALIZERS
@@ -53,28 +52,6 @@ def recipe(cfg: ExperimentConfig, variant: Variant) -> FinetuneConfig:
     changes = {k: v for k, v in asdict(override).items() if v is not None} if override else {}
     changes.update(ABLATIONS[variant.ablation] if variant.ablation else {})
     return replace(ft, **changes, tasks=[variant.task], seeds=None, per_task={})
-
-
-def finetune_sections(cfg: ExperimentConfig, variant: Variant) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What the variant's `finetune` and `evaluate` stage keys hash (and what their compute reads back).
-
-    finetune: the recipe, the task (with its definition when custom), the seed, and the architecture
-    when it starts from scratch; evaluate: the task and how its dev/test examples are capped and cut.
-    """
-    r = asdict(recipe(cfg, variant))
-    for k in ("tasks", "seeds", "per_task"):
-        r.pop(k)
-    custom = cfg.tasks.get(variant.task)
-    task = {"task": variant.task, "task_config": asdict(custom) if custom else None}
-    ft = {**task, "recipe": r, "seed": cfg.seed if variant.seed is None else variant.seed}
-    if r["init"] == "scratch":
-        ft["model"] = asdict(cfg.model)
-    elif r["init"] != "pretrained":  # a model directory: a replaced file means a new key
-        init_dir = Path(r["init"]).expanduser()
-        files = sorted(f for f in init_dir.glob("*") if f.is_file()) if init_dir.is_dir() else []
-        ft["init_files"] = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files}
-    ev = {**task, "max_examples": r["max_examples"], "max_len": r["max_len"], "data_seed": cfg.seed}
-    return ft, ev
 
 
 def check_task_inputs(cfg: ExperimentConfig) -> None:

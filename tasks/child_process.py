@@ -12,7 +12,6 @@ writing the partial directory that a rerun is about to use.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
 import signal
 import sys
@@ -22,8 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tasks.stage import StageContext, StageOutput
+from tasks.definition import StageEnv, StageOutput
+
+if TYPE_CHECKING:
+    from tasks.stage import Stage
 
 PR_SET_PDEATHSIG = 1
 _workers: dict[int, StageWorker] = {}  # this process's stage workers, by fan-out slot
@@ -50,9 +54,9 @@ class Placement:
     slot: int | None = None
 
 
-def compute_stage(kind: str, ctx: StageContext) -> StageOutput:
-    """Run `tasks/<kind>.py`'s compute, imported only now (a cached stage never imports torch)."""
-    return importlib.import_module(f"tasks.{kind}").compute(ctx)
+def compute_stage(stage: Stage, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
+    """Run the stage definition's compute on its section and inputs (heavy imports happen inside it)."""
+    return stage.definition.compute(stage.section, inputs, out, env)
 
 
 def _visible_gpu(index: int) -> str:
@@ -73,12 +77,12 @@ def _worker_main(conn: Connection, parent: int, threads: int, gpu: str | None) -
 
     torch.set_num_threads(threads)
     while True:
-        try:
-            kind, ctx = conn.recv()
+        try:  # in-memory messages from the parent process over a pipe, never a file
+            stage, inputs, out, env = conn.recv()
         except EOFError:  # the flow closed its end: no more stages
             return
         try:
-            conn.send((True, compute_stage(kind, ctx), ""))
+            conn.send((True, compute_stage(stage, inputs, out, env), ""))
         except BaseException as e:
             conn.send((False, e, traceback.format_exc()))
 
@@ -94,16 +98,16 @@ class StageWorker:
         self.process.start()
         theirs.close()
 
-    def compute(self, kind: str, ctx: StageContext) -> StageOutput:
+    def compute(self, stage: Stage, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
         """The stage's compute, in the worker; its error is raised here (the worker's traceback as the
         cause), and a worker that dies without a word (killed) raises RuntimeError."""
-        self._conn.send((kind, ctx))
+        self._conn.send((stage, inputs, out, env))
         try:
             ok, value, trace = self._conn.recv()
         except EOFError:
             self.process.join()
             code = self.process.exitcode
-            raise RuntimeError(f"stage '{ctx.stage.name}': its worker process died (exit code {code})") from None
+            raise RuntimeError(f"stage '{stage.name}': its worker process died (exit code {code})") from None
         if not ok:
             raise value from ChildTraceback(trace)
         return value
@@ -138,11 +142,13 @@ def stop_workers() -> None:
         worker.process.kill()
 
 
-def compute_placed(kind: str, ctx: StageContext, placement: Placement) -> StageOutput:
+def compute_placed(
+    stage: Stage, inputs: dict[str, Path], out: Path, env: StageEnv, placement: Placement
+) -> StageOutput:
     """The stage's compute where `placement` puts it: its slot's worker, or this (task runner) process."""
     if placement.slot is not None:
-        return _workers[placement.slot].compute(kind, ctx)
+        return _workers[placement.slot].compute(stage, inputs, out, env)
     import torch
 
     torch.set_num_threads(placement.threads)
-    return compute_stage(kind, ctx)
+    return compute_stage(stage, inputs, out, env)

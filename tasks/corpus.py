@@ -1,20 +1,73 @@
-"""`corpus` stage: resolve the sources (mirror first), clean and mix them, write documents as JSONL."""
+"""`corpus` stage: resolve the sources (mirror first), clean and mix them, write documents as JSONL.
+
+Its key hashes local source files by content: the resolved file list of each local file, folder or
+glob (`mirror://` included) with each file's sha256, so an edited or added file makes the stage
+stale. Catalog, `https://...#sha256=` and `hf://...&revision=` sources are pinned by their name.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from gpt.corpus import Cleaning, build_corpus, corpus_sources
-from tasks.stage import StageContext, StageOutput
+from gpt.config import CorpusConfig, ExperimentConfig
+from gpt.sources import CATALOG, MIRROR_SCHEME, resolve_local, resolve_mirror
+from tasks.content import DigestCache, check_listing_unchanged
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
 CORPUS_FILE = "corpus.jsonl"
 
 
-def compute(ctx: StageContext) -> StageOutput:
+@dataclass
+class CorpusSection:
+    """The `corpus` config and the content of every local source file it reads."""
+
+    corpus: CorpusConfig
+    files: dict[str, str] = field(default_factory=dict)  # local source file -> sha256
+
+
+def local_files(source: str) -> list[Path]:
+    """The local files a source reads; [] for sources pinned by name (catalog, checksummed URL, hub revision)."""
+    if source in CATALOG or source.startswith(("https://", "http://", "hf://")):
+        return []
+    return resolve_mirror(source) if source.startswith(MIRROR_SCHEME) else resolve_local(source)
+
+
+def source_digests(corpus: CorpusConfig, digests: DigestCache) -> dict[str, str]:
+    """sha256 of each local file the corpus reads; a folder that changes while it is hashed is an error."""
+    from gpt.corpus import corpus_sources
+
+    out: dict[str, str] = {}
+    for _, source, _ in corpus_sources(corpus):
+        before = local_files(source)
+        out.update(digests.files(before, source))
+        check_listing_unchanged(before, local_files(source), source)
+    return out
+
+
+def plan_corpus(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
+    """One `corpus` stage, keyed by the cleaning options and the local sources' content."""
+    return [Planned("corpus", CorpusSection(cfg.corpus, source_digests(cfg.corpus, ctx.digests)), [])]
+
+
+def compute(section: CorpusSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Write `corpus.jsonl`; report documents, bytes, characters and what cleaning changed or dropped."""
-    c = ctx.cfg.corpus
+    from gpt.corpus import Cleaning, build_corpus, corpus_sources
+
+    c = section.corpus
     cleaning = Cleaning(c.strip_gutenberg, c.fix_unicode, c.normalize_whitespace, c.lowercase, c.dedup)
     mixture = [(source, weight) for _, source, weight in corpus_sources(c)]
-    stats = build_corpus(mixture, ctx.out / CORPUS_FILE, ctx.cache_dir, cleaning, c.max_bytes)
+    stats = build_corpus(mixture, out / CORPUS_FILE, env.cache_dir, cleaning, c.max_bytes)
     summary = {k: v for k, v in asdict(stats).items() if k not in ("files", "source_bytes")}
     return StageOutput(summary=summary, info={"files": stats.files, "source_bytes": stats.source_bytes})
+
+
+DEFINITION = StageDef(
+    kind="corpus",
+    version="2",
+    doc="cleaned documents from one source or a weighted mixture",
+    instances=plan_corpus,
+    compute=compute,
+    outputs=(CORPUS_FILE,),
+    retries=2,  # downloads
+)

@@ -9,19 +9,44 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from gpt.config import ExperimentConfig
+from gpt.tasks_recipe import recipe, variants
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
+from tasks.finetune import TASK_MODEL_DIR, TaskInput, load_split, task_input
 
-from gpt.benchmarks import get_task
-from gpt.tasks_metrics import compute_metrics, confusion, predictions
-from gpt.tasks_spec import Example, TaskSpec
-from gpt.tokenizer import load_tokenizer
-from tasks.finetune import TASK_MODEL_DIR, load_split
-from tasks.stage import StageContext, StageOutput
+if TYPE_CHECKING:
+    import torch
+
+    from gpt.tasks_spec import Example, TaskSpec
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion.json"
+
+
+@dataclass
+class EvaluateSection:
+    """The task and how its dev/test examples are capped (a seeded subset) and cut."""
+
+    task: TaskInput
+    max_examples: int | None
+    max_len: int | None
+    data_seed: int
+
+
+def plan_evaluate(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
+    """One `evaluate[<variant>]` per `finetune[<variant>]`, reading its task model."""
+    out = []
+    for variant in variants(cfg):
+        r = recipe(cfg, variant)
+        section = EvaluateSection(task_input(variant.task, cfg, ctx.digests), r.max_examples, r.max_len, cfg.seed)
+        out.append(
+            Planned(f"evaluate[{variant.name}]", section, [f"finetune[{variant.name}]", "tokenizer"], variant.name)
+        )
+    return out
 
 
 def write_predictions(path: Path, examples: list[Example], preds: torch.Tensor, logits: torch.Tensor) -> None:
@@ -41,21 +66,25 @@ def class_names(spec: TaskSpec) -> list[str]:
     return [str(i) for i in range(spec.num_outputs)]
 
 
-def compute(ctx: StageContext) -> StageOutput:
+def compute(section: EvaluateSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Predict and score the dev split (and a labelled test split) with torchmetrics."""
-    from gpt.finetune import load_task_model, predict
+    import torch
 
-    cfg, section = ctx.cfg, ctx.stage.section
-    spec = get_task(section["task"], cfg.tasks)
-    enc = load_tokenizer(ctx.inputs["tokenizer"])
-    finetuned = next(path for name, path in ctx.inputs.items() if name.startswith("finetune["))
+    from gpt.benchmarks import get_task
+    from gpt.finetune import load_task_model, predict
+    from gpt.tasks_metrics import compute_metrics, confusion, predictions
+    from gpt.tokenizer import load_tokenizer
+
+    spec = get_task(section.task.name, section.task.custom())
+    enc = load_tokenizer(inputs["tokenizer"])
+    finetuned = next(path for name, path in inputs.items() if name.startswith("finetune["))
     model = load_task_model(finetuned / TASK_MODEL_DIR)
-    max_len = section["max_len"] or model.gpt.config.block_size
+    max_len = section.max_len or model.gpt.config.block_size
     summary: dict[str, float] = {}
     artifacts: list[str] = []
     for split in [s for s in ("dev", "test") if s in spec.splits]:
         examples, encoded = load_split(
-            spec, split, enc, section["max_examples"], section["data_seed"], ctx.cache_dir, max_len
+            spec, split, enc, section.max_examples, section.data_seed, env.cache_dir, max_len
         )
         if not examples:
             continue
@@ -67,13 +96,24 @@ def compute(ctx: StageContext) -> StageOutput:
         summary.update({f"{prefix}{k}": v for k, v in scores.items()})
         summary[f"{prefix}examples"] = len(examples)
         name = PREDICTIONS_FILE if split == "dev" else f"predictions_{split}.csv"
-        write_predictions(ctx.out / name, examples, preds, logits)
+        write_predictions(out / name, examples, preds, logits)
         artifacts.append(name)
         if not spec.regression and split == "dev":
             k = spec.num_outputs
             summary["majority_rate"] = float(labels.bincount(minlength=k).max() / len(labels))
             matrix = confusion(preds, labels, k)
             names = class_names(spec)
-            (ctx.out / CONFUSION_FILE).write_text(json.dumps({"labels": names, "matrix": matrix.tolist()}, indent=2))
+            (out / CONFUSION_FILE).write_text(json.dumps({"labels": names, "matrix": matrix.tolist()}, indent=2))
             artifacts.append(CONFUSION_FILE)
     return StageOutput(summary=summary, artifacts=artifacts)
+
+
+DEFINITION = StageDef(
+    kind="evaluate",
+    version="2",
+    doc="the task's metrics on dev (and a labelled test split), predictions, confusion matrix",
+    instances=plan_evaluate,
+    compute=compute,
+    fans_out=True,
+    registers=True,
+)

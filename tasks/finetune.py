@@ -1,29 +1,110 @@
 """`finetune[<variant>]` stage: a GPT plus a task head, trained with the auxiliary LM loss.
 
-The stage's config section (built by `gpt.tasks_recipe.finetune_sections`) holds everything it
-reads: the task, the resolved recipe (per-task overrides and ablation applied) and the seed.
-The GPT starts from the pipeline's pretrained model, from scratch, or from a model directory.
+The stage's section holds everything it reads: the task (with its definition and its files'
+content when custom), the resolved recipe (per-task overrides and ablation applied), the seeds,
+the precision, and where the GPT starts: the pipeline's pretrained model, a random init of the
+configured architecture (`scratch`), or a model directory, keyed by its files' content.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import tiktoken
-import torch
-
-from gpt.benchmarks import get_task
-from gpt.config import FinetuneConfig, ModelConfig
-from gpt.model import GPT, GPTConfig, load_model
-from gpt.tasks_spec import Example, TaskSpec, cap_examples
-from gpt.tokenizer import load_tokenizer
-from gpt.transforms import EncodedExample, encode_examples
+from gpt.config import CustomTaskConfig, ExperimentConfig, FinetuneConfig, ModelConfig
+from gpt.sources import MIRROR_SCHEME, resolve_mirror
+from gpt.tasks_recipe import Variant, recipe, variants
+from tasks.content import ContentError, DigestCache
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
 from tasks.pretrain import MODEL_DIR
-from tasks.stage import StageContext, StageOutput
+
+if TYPE_CHECKING:
+    import tiktoken
+
+    from gpt.model import GPT
+    from gpt.tasks_spec import Example, TaskSpec
+    from gpt.transforms import EncodedExample
 
 TASK_MODEL_DIR = "task_model"
+MODEL_DIR_INIT = "model_dir"  # `recipe.init` when fine-tuning starts from a model directory (`init_dir`)
+
+
+@dataclass
+class TaskInput:
+    """The benchmark a variant runs on: its name, its definition when custom, its local files' content."""
+
+    name: str
+    config: CustomTaskConfig | None = None
+    files: dict[str, str] = field(default_factory=dict)  # local train/dev/test file -> sha256
+
+    def custom(self) -> dict[str, CustomTaskConfig]:
+        """The custom-task table `gpt.benchmarks.get_task` takes."""
+        return {self.name: self.config} if self.config else {}
+
+
+@dataclass
+class FinetuneSection:
+    """All one `finetune[<variant>]` computes from."""
+
+    task: TaskInput
+    recipe: FinetuneConfig  # for this variant: per-task overrides and the ablation applied
+    seed: int  # head init, batch order, dropout
+    data_seed: int  # the seeded subset `max_examples` keeps (the experiment's seed, shared by the variants)
+    precision: str  # `pretrain.precision`: fine-tuning runs in the numeric format of pretraining
+    model: ModelConfig | None = None  # the architecture, when starting from scratch
+    init_dir: str | None = location()  # the model directory, when `recipe.init` is `model_dir`
+    init_files: dict[str, str] = field(default_factory=dict)  # its files -> sha256
+
+
+def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache) -> TaskInput:
+    """The task of a variant, with the content of a custom task's local (or mirror) files."""
+    tc = cfg.tasks.get(name)
+    if tc is None:
+        return TaskInput(name)
+    files = {}
+    for split in ("train", "dev", "test"):
+        source = getattr(tc, split)
+        if source is None or source.startswith(("https://", "http://")):  # pinned by its #sha256
+            continue
+        path = resolve_mirror(source)[0] if source.startswith(MIRROR_SCHEME) else Path(source).expanduser()
+        files[source] = digests.file(path)
+    return TaskInput(name, tc, files)
+
+
+def init_digests(init_dir: Path, digests: DigestCache) -> dict[str, str]:
+    """sha256 of each file of a model directory fine-tuning starts from."""
+    if not init_dir.is_dir():
+        raise ContentError(f"config key 'finetune.init': {init_dir} is not a directory")
+    files = sorted(p for p in init_dir.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(init_dir)): d
+        for p, d in zip(files, digests.files(files, str(init_dir)).values(), strict=True)
+    }
+
+
+def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCache) -> FinetuneSection:
+    """What the variant's `finetune` stage computes from (and its key hashes)."""
+    r = replace(recipe(cfg, variant), tasks=[variant.task], seeds=None, per_task={})
+    seed = cfg.seed if variant.seed is None else variant.seed
+    section = FinetuneSection(task_input(variant.task, cfg, digests), r, seed, cfg.seed, cfg.pretrain.precision)
+    if r.init == "scratch":
+        section.model = cfg.model
+    elif r.init != "pretrained":  # a model directory: keyed by its content, not its path
+        init_dir = Path(r.init).expanduser().resolve()
+        section.recipe = replace(r, init=MODEL_DIR_INIT)
+        section.init_dir, section.init_files = str(init_dir), init_digests(init_dir, digests)
+    return section
+
+
+def plan_finetune(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
+    """One `finetune[<variant>]` per task × ablation × seed; from scratch it does not wait for pretraining."""
+    out = []
+    for variant in variants(cfg):
+        section = finetune_section(cfg, variant, ctx.digests)
+        upstream = ["pretrain", "tokenizer"] if section.recipe.init == "pretrained" else ["tokenizer"]
+        out.append(Planned(f"finetune[{variant.name}]", section, upstream, variant.name))
+    return out
 
 
 def load_split(
@@ -36,53 +117,74 @@ def load_split(
     max_len: int,
 ) -> tuple[list[Example], list[EncodedExample]]:
     """A task split, capped to `max_examples` (a seeded subset), and its encoded form."""
+    from gpt.tasks_spec import cap_examples
+    from gpt.transforms import encode_examples
+
     examples = cap_examples(spec.load(split, cache_dir), max_examples, seed)
     return examples, encode_examples(examples, spec.type, enc, max_len)
 
 
-def initial_gpt(ctx: StageContext, section: dict[str, Any], vocab_size: int) -> GPT:
+def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: int) -> GPT:
     """The GPT fine-tuning starts from: pretrained (upstream stage), scratch (seeded random init), or a model
     directory (e.g. from `gptflow import-hf`), its embedding grown for the special tokens it lacks."""
+    import torch
+
     from gpt.finetune import extend_vocab
+    from gpt.model import GPT, GPTConfig, load_model
 
-    init = section["recipe"]["init"]
+    init = section.recipe.init
     if init == "pretrained":
-        return load_model(ctx.inputs["pretrain"] / MODEL_DIR)
+        return load_model(inputs["pretrain"] / MODEL_DIR)
     if init == "scratch":
-        torch.manual_seed(section["seed"])
-        return GPT(GPTConfig.from_model_config(ModelConfig(**section["model"]), vocab_size))
-    torch.manual_seed(section["seed"])  # the rows extend_vocab adds for tokens the imported model lacks
-    return extend_vocab(load_model(Path(init).expanduser()), vocab_size)
+        assert section.model is not None
+        torch.manual_seed(section.seed)
+        return GPT(GPTConfig.from_model_config(section.model, vocab_size))
+    assert section.init_dir is not None
+    torch.manual_seed(section.seed)  # the rows extend_vocab adds for tokens the imported model lacks
+    return extend_vocab(load_model(Path(section.init_dir)), vocab_size)
 
 
-def compute(ctx: StageContext) -> StageOutput:
+def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Fine-tune on the task's train split (dev-scored each epoch when early stopping/best selection is on)."""
+    from gpt.benchmarks import get_task
     from gpt.finetune import TaskModel, finetune, save_task_model
+    from gpt.tokenizer import load_tokenizer
     from tasks.mlflow_logger import stage_logger
 
-    cfg, section = ctx.cfg, ctx.stage.section
-    ft = FinetuneConfig(**section["recipe"], tasks=[section["task"]])
-    spec = get_task(section["task"], cfg.tasks)
-    enc = load_tokenizer(ctx.inputs["tokenizer"])
-    gpt = initial_gpt(ctx, section, enc.n_vocab)
+    ft = section.recipe
+    spec = get_task(section.task.name, section.task.custom())
+    enc = load_tokenizer(inputs["tokenizer"])
+    gpt = initial_gpt(section, inputs, enc.n_vocab)
     max_len = ft.max_len or gpt.config.block_size
-    _, train = load_split(spec, "train", enc, ft.max_examples, cfg.seed, ctx.cache_dir, max_len)
+    _, train = load_split(spec, "train", enc, ft.max_examples, section.data_seed, env.cache_dir, max_len)
     dev = None
     if ft.early_stopping_patience or ft.select_best:
-        dev = load_split(spec, "dev", enc, ft.max_examples, cfg.seed, ctx.cache_dir, max_len)[1]
+        dev = load_split(spec, "dev", enc, ft.max_examples, section.data_seed, env.cache_dir, max_len)[1]
     # the head from the section's seed, not the global RNG (whatever ran earlier in this process drew from it)
-    model = TaskModel(gpt, spec.type, spec.num_outputs, ft.clf_dropout, spec.regression, init_seed=section["seed"])
-    logger = stage_logger(ctx.tracking_uri, ctx.run_id)
+    model = TaskModel(gpt, spec.type, spec.num_outputs, ft.clf_dropout, spec.regression, init_seed=section.seed)
+    logger = stage_logger(env.tracking_uri, env.run_id)
     result = finetune(
         model,
         train,
         ft,
-        ctx.out / "checkpoints",
-        section["seed"],
-        cfg.pretrain.precision,
+        out / "checkpoints",
+        section.seed,
+        section.precision,
         logger=logger,
         dev=dev,
         metrics=spec.metrics,
     )
-    save_task_model(model, ctx.out / TASK_MODEL_DIR)
+    save_task_model(model, out / TASK_MODEL_DIR)
     return StageOutput(summary=asdict(result), info={"init": ft.init}, artifacts=[TASK_MODEL_DIR])
+
+
+DEFINITION = StageDef(
+    kind="finetune",
+    version="5",  # 5: the train subset from the experiment seed is in the key (data_seed), precision too
+    doc="the GPT with a task head, trained with λ·LM loss",
+    instances=plan_finetune,
+    compute=compute,
+    outputs=(f"{TASK_MODEL_DIR}/*",),
+    resumable=True,
+    fans_out=True,
+)

@@ -32,3 +32,19 @@ def file_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextmanager
+def shared_locks(paths: list[Path]) -> Iterator[None]:
+    """Hold a shared flock on each of `paths` (runs reading a stage); a writer's exclusive lock waits for them."""
+    fds = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fds.append(fd)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)

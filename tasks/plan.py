@@ -2,53 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from gpt.config import ConfigError, ExperimentConfig
 from gpt.corpus import check_corpus_sources
 from gpt.sources import SourceError
-from gpt.tasks_recipe import check_task_inputs, finetune_sections, variants
-from tasks.stage import RESUMABLE, Stage, StageError, why_stale
+from gpt.tasks_recipe import check_task_inputs
+from tasks.content import DIGESTS_FILE, DigestCache
+from tasks.definition import PlanContext
+from tasks.stage import Stage, StageError, why_stale
+from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
 
-# Bump a stage's version when its code changes what it writes; its key and all downstream keys change.
-VERSIONS = {
-    "corpus": "2",
-    "tokenizer": "2",
-    "encode": "2",
-    "pretrain": "3",
-    "finetune": "4",  # 3: batches a function of (seed, epoch, position); 4: head init from the section seed
-    "evaluate": "2",
-    "report": "2",
-}
-STAGE_KINDS = tuple(VERSIONS)
+__all__ = ["STAGE_KINDS", "VERSIONS", "build_plan", "check_inputs", "describe", "select"]
 
 
-def build_plan(cfg: ExperimentConfig, artifacts_root: Path) -> list[Stage]:
-    """All stages of one run in execution order, each keyed by its config section and upstream keys."""
+def build_plan(
+    cfg: ExperimentConfig, artifacts_root: Path, run_id: str | None = None, digests: DigestCache | None = None
+) -> list[Stage]:
+    """All stages of one run in execution order, from each stage kind's definition.
+
+    Local input files are hashed here (remembered in the workspace's `digests.json` by path, size,
+    mtime and inode); `run_id` is the pipeline run the report describes (None in a dry run).
+    """
+    if digests is None:
+        digests = DigestCache(artifacts_root.parent / DIGESTS_FILE)
+    ctx = PlanContext(digests, run_id)
     stages: dict[str, Stage] = {}
-
-    def add(name: str, kind: str, section: dict, upstream: list[str], task: str | None = None) -> None:
-        keys = [stages[u].key for u in upstream]
-        stages[name] = Stage(name, kind, section, upstream, keys, VERSIONS[kind], artifacts_root, task)
-
-    add("corpus", "corpus", asdict(cfg.corpus), [])
-    tok_upstream = [] if cfg.tokenizer.kind == "gpt2" else ["corpus"]
-    tok_section = {"kind": "gpt2"} if cfg.tokenizer.kind == "gpt2" else asdict(cfg.tokenizer)
-    add("tokenizer", "tokenizer", tok_section, tok_upstream)
-    add("encode", "encode", {**asdict(cfg.encode), "seed": cfg.seed}, ["corpus", "tokenizer"])
-    add(
-        "pretrain",
-        "pretrain",
-        {"model": asdict(cfg.model), "pretrain": cfg.pretrain.cache_section(), "seed": cfg.seed},
-        ["encode", "tokenizer"],
-    )
-    for variant in variants(cfg):  # each task, its ablations (`ablations:`) and seeds (`finetune.seeds`)
-        ft, ev = finetune_sections(cfg, variant)
-        ft_upstream = ["pretrain", "tokenizer"] if ft["recipe"]["init"] == "pretrained" else ["tokenizer"]
-        add(f"finetune[{variant.name}]", "finetune", ft, ft_upstream, variant.name)
-        add(f"evaluate[{variant.name}]", "evaluate", ev, [f"finetune[{variant.name}]", "tokenizer"], variant.name)
-    add("report", "report", {}, list(stages))
+    for definition in DEFINITIONS:
+        for planned in definition.instances(cfg, ctx):
+            upstream = [stages[u] for u in planned.upstream]
+            stages[planned.name] = Stage(
+                planned.name, definition, planned.section, upstream, artifacts_root, planned.task
+            )
+            ctx.planned.append(planned)
+    digests.save()
     return list(stages.values())
 
 
@@ -75,19 +62,24 @@ def descendants(plan: list[Stage], roots: set[str]) -> set[str]:
 
 
 def select(
-    plan: list[Stage], only: list[str] | None, from_stage: str | None, force: list[str] | None
+    plan: list[Stage],
+    only: list[str] | None,
+    from_stage: str | None,
+    force: list[str] | None,
+    rebuild: list[str] | None = None,
 ) -> tuple[list[Stage], set[str]]:
-    """The stages to run and the names to recompute, from --only / --from / --force.
+    """The stages to run and the names to recompute, from --only / --from / --force / --rebuild.
 
     --force S recomputes S and everything downstream; --from S does the same but requires the
-    stages before S to be done already; --only runs just the named stages (cached if done).
-    Raises ConfigError for unknown stage names or missing upstream outputs.
+    stages before S to be done already; --rebuild S recomputes just S (a corrupt directory; stages
+    after it are reused when it comes out byte-identical); --only runs just the named stages
+    (cached if done). Raises ConfigError for unknown stage names or missing upstream outputs.
     """
-    for sel in [*(only or []), *(force or []), *([from_stage] if from_stage else [])]:
+    for sel in [*(only or []), *(force or []), *(rebuild or []), *([from_stage] if from_stage else [])]:
         if not any(_matches(s, sel) for s in plan):
             names = ", ".join(s.name for s in plan)
             raise ConfigError(f"unknown stage {sel!r} (stages: {names})")
-    forced: set[str] = set()
+    forced: set[str] = {s.name for s in plan if any(_matches(s, r) for r in rebuild or [])}
     if force:
         forced |= descendants(plan, {s.name for s in plan if any(_matches(s, f) for f in force)})
     selected = plan
@@ -117,17 +109,20 @@ def check_stages(plan: list[Stage], selected: list[Stage], forced: set[str]) -> 
     """
     for stage in selected:
         if stage.name not in forced and stage.status() == "corrupt":
-            raise StageError(
-                f"stage '{stage.name}' output {stage.dir} is corrupt: {stage.verify()[0]}; "
-                f"rebuild it with --force {stage.name}"
-            )
+            raise StageError(corrupt_message(stage, stage.verify()[0]))
+
+
+def corrupt_message(stage: Stage, problem: str) -> str:
+    """One line naming a corrupt stage directory and the command that rebuilds just that stage."""
+    return f"stage '{stage.name}' output {stage.dir} is corrupt: {problem}; rebuild just it with --rebuild {stage.name}"
 
 
 def describe(plan: list[Stage], selected: list[Stage], forced: set[str], deep: bool = False) -> list[dict[str, str]]:
     """What `gptflow run` would do with each stage, and why: a dry run that reads only the workspace.
 
     status: done (reused) | to run | stale (done before for other inputs) | partial (a killed
-    run's directory) | corrupt (files differ from the manifest) | skipped (not selected).
+    run's directory) | corrupt (files differ from the manifest) | skipped (not selected) |
+    waiting (its key hashes the outputs of an upstream stage that is not done yet).
     """
     chosen = {s.name for s in selected}
     rows = []
@@ -136,18 +131,24 @@ def describe(plan: list[Stage], selected: list[Stage], forced: set[str], deep: b
         if status == "done" and deep and stage.verify(deep=True):
             status = "corrupt"
         if status == "corrupt":
-            why = f"{stage.verify(deep=deep)[0]}; rebuild with --force {stage.name}"
+            why = f"{stage.verify(deep=deep)[0]}; rebuild just it with --rebuild {stage.name}"
         elif stage.name not in chosen:
             status, why = "skipped", "not selected by --only/--from"
         elif stage.name in forced:
             status, why = "to run", "forced by --force/--from"
         elif status == "done":
             why = "reused"
+        elif status == "waiting":
+            pending = [u.name for u in stage.upstream_stages if u.output_digest() is None]
+            why = f"runs after {', '.join(pending)} (its key hashes their outputs)"
         elif status == "partial":
-            why = "resumes from its checkpoint" if stage.kind in RESUMABLE else "a killed run's leftovers; restarts"
+            resumable = stage.definition.resumable
+            why = "resumes from its checkpoint" if resumable else "a killed run's leftovers; restarts"
         else:
             why = why_stale(stage)
             if stage.last_completed() is not None and why != "its directory was removed":
                 status = "stale"
-        rows.append({"stage": stage.name, "key": stage.key, "status": status, "why": why, "dir": str(stage.dir)})
+        key = stage.key_or_none()
+        where = str(stage.dir) if key else ""
+        rows.append({"stage": stage.name, "key": key or "-" * 16, "status": status, "why": why, "dir": where})
     return rows

@@ -1,22 +1,21 @@
 """`pretrain` stage: train the GPT with Lightning, logging to the stage's MLflow child run.
 
-Lightning is imported inside `compute` so that a fully cached rerun never pays for importing it.
-The stage writes `model/` (weights, config and the tokenizer files, so the directory is usable on
-its own by `gptflow generate`), `samples.txt`, and `checkpoints/` for resuming.
+torch and Lightning are imported inside the functions so that planning and a fully cached rerun
+never pay for importing them. The stage writes `model/` (weights, config and the tokenizer files, so
+the directory is usable on its own by `gptflow generate`), `samples.txt`, and `checkpoints/` for
+resuming. Downstream stages read `model/` only, so that is what their keys hash.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gpt.model import GPTConfig, save_model
-from gpt.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
-from tasks.stage import StageContext, StageError, StageOutput
+from gpt.config import OBSERVATION, CustomTaskConfig, ExperimentConfig, ModelConfig, PretrainConfig
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
+from tasks.stage import StageError
 
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.txt"
@@ -24,8 +23,30 @@ PROMPTS = ("The ", "It was ", "\n")
 SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.8, 40
 
 
+@dataclass
+class PretrainSection:
+    """The architecture, the training recipe and the seed; `pretrain`'s observation and placement fields
+    (logging cadence, checkpoints kept, zero-shot scoring, devices) are in it but not in its key."""
+
+    model: ModelConfig
+    pretrain: PretrainConfig
+    seed: int
+    zeroshot_custom: dict[str, CustomTaskConfig] = field(
+        default_factory=dict, metadata={"role": OBSERVATION, "why": "custom tasks scored zero-shot (logged only)"}
+    )
+
+
+def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
+    """One `pretrain` stage reading the token shards and the tokenizer."""
+    custom = {n: cfg.tasks[n] for n in cfg.pretrain.zeroshot_tasks if n in cfg.tasks}
+    section = PretrainSection(cfg.model, cfg.pretrain, cfg.seed, custom)
+    return [Planned("pretrain", section, ["encode", "tokenizer"])]
+
+
 def sample_text(model: Any, enc: Any, n_tokens: int, seed: int) -> str:
     """A continuation of each of PROMPTS, with its own RNG so training's RNG stream is untouched."""
+    import torch
+
     from gpt.generate import generate
 
     gen = torch.Generator().manual_seed(seed)
@@ -62,7 +83,7 @@ def sample_logger(enc: Any, n_tokens: int, seed: int) -> Any:
 
 
 def train(
-    cfg: Any,
+    section: PretrainSection,
     tok_dir: Path,
     encode_dir: Path,
     out: Path,
@@ -71,29 +92,33 @@ def train(
     cache_dir: Path,
     extra_callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """Train (resuming from `out/checkpoints/last.ckpt` if present); rank 0 writes model/ and samples.txt.
+    """Train (resuming from the newest intact checkpoint in `out/checkpoints/`); rank 0 writes model/ and samples.txt.
 
     Runs on every rank of a multi-process job; returns the stage's summary and info.
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+    from gpt.model import GPTConfig, save_model
     from gpt.pretrain import pretrain
+    from gpt.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
     from tasks.mlflow_logger import stage_logger
 
+    p = section.pretrain
     enc = load_tokenizer(tok_dir)
-    gpt_config = GPTConfig.from_model_config(cfg.model, enc.n_vocab)
+    gpt_config = GPTConfig.from_model_config(section.model, enc.n_vocab)
     logger = stage_logger(tracking_uri, run_id)
-    callbacks = [sample_logger(enc, cfg.pretrain.sample_tokens, cfg.seed), *(extra_callbacks or [])]
-    if cfg.pretrain.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
+    callbacks = [sample_logger(enc, p.sample_tokens, section.seed), *(extra_callbacks or [])]
+    if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
         from gpt.zeroshot import zeroshot_callback
 
-        p = cfg.pretrain
-        zeroshot = zeroshot_callback(p.zeroshot_tasks, enc, cache_dir, p.zeroshot_examples, cfg.seed, cfg.tasks)
+        zeroshot = zeroshot_callback(
+            p.zeroshot_tasks, enc, cache_dir, p.zeroshot_examples, section.seed, section.zeroshot_custom
+        )
         callbacks.append(zeroshot)
     try:
         ckpt_dir = out / "checkpoints"
         model, result = pretrain(
-            gpt_config, cfg.pretrain, encode_dir, ckpt_dir, cfg.seed, logger=logger, extra_callbacks=callbacks
+            gpt_config, p, encode_dir, ckpt_dir, section.seed, logger=logger, extra_callbacks=callbacks
         )
     except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
         raise StageError(str(e)) from None  # the runner prefixes the stage name
@@ -101,11 +126,17 @@ def train(
         save_model(model, out / MODEL_DIR)
         for name in (RANKS_FILE, META_FILE):
             shutil.copy2(tok_dir / name, out / MODEL_DIR / name)
-        (out / SAMPLES_FILE).write_text(sample_text(model, enc, cfg.pretrain.sample_tokens, cfg.seed))
+        (out / SAMPLES_FILE).write_text(sample_text(model, enc, p.sample_tokens, section.seed))
     return {"summary": asdict(result), "info": {"gpt_config": asdict(gpt_config)}}
 
 
-def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> StageOutput:
+def compute(
+    section: PretrainSection,
+    inputs: dict[str, Path],
+    out: Path,
+    env: StageEnv,
+    extra_callbacks: list[Any] | None = None,
+) -> StageOutput:
     """Train, then save weights, tokenizer and samples; multi-process training runs in a worker job.
 
     One device trains in this process. More than one (or `pretrain.launcher`) starts
@@ -114,9 +145,21 @@ def compute(ctx: StageContext, extra_callbacks: list[Any] | None = None) -> Stag
     """
     from tasks.pretrain_worker import needs_worker, run_worker
 
-    args = (ctx.cfg, Path(ctx.inputs["tokenizer"]), Path(ctx.inputs["encode"]), ctx.out)
-    if needs_worker(ctx.cfg.pretrain):
-        result = run_worker(*args, ctx.tracking_uri, ctx.run_id, ctx.cache_dir)
+    args = (section, Path(inputs["tokenizer"]), Path(inputs["encode"]), out)
+    if needs_worker(section.pretrain):
+        result = run_worker(*args, env.tracking_uri, env.run_id, env.cache_dir)
     else:
-        result = train(*args, ctx.tracking_uri, ctx.run_id, ctx.cache_dir, extra_callbacks)
+        result = train(*args, env.tracking_uri, env.run_id, env.cache_dir, extra_callbacks)
     return StageOutput(summary=result["summary"], info=result["info"], artifacts=[MODEL_DIR, SAMPLES_FILE])
+
+
+DEFINITION = StageDef(
+    kind="pretrain",
+    version="3",
+    doc="a GPT trained as a language model by a Lightning Trainer",
+    instances=plan_pretrain,
+    compute=compute,
+    outputs=(f"{MODEL_DIR}/*",),
+    resumable=True,
+    registers=True,
+)

@@ -16,10 +16,11 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpt.config import ExperimentConfig, PretrainConfig, from_dict
+from gpt.config import PretrainConfig, from_dict
 from tasks.stage import StageError
 
 SPEC_FILE, RESULT_FILE, LOG_FILE = "worker_spec.json", "worker_result.json", "worker.log"
@@ -47,7 +48,7 @@ def needs_worker(cfg: PretrainConfig) -> bool:
 
 
 def run_worker(
-    cfg: ExperimentConfig,
+    section: Any,
     tok_dir: Path,
     encode_dir: Path,
     out: Path,
@@ -62,7 +63,7 @@ def run_worker(
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "config": cfg.to_dict(),
+        "section": asdict(section),
         "tok_dir": str(tok_dir),
         "encode_dir": str(encode_dir),
         "out": str(out),
@@ -72,7 +73,7 @@ def run_worker(
     }
     (ckpt_dir / SPEC_FILE).write_text(json.dumps(spec))
     (ckpt_dir / RESULT_FILE).unlink(missing_ok=True)
-    command = [*shlex.split(cfg.pretrain.launcher), sys.executable, "-m", __name__, str(ckpt_dir / SPEC_FILE)]
+    command = [*shlex.split(section.pretrain.launcher), sys.executable, "-m", __name__, str(ckpt_dir / SPEC_FILE)]
     if shutil.which(command[0]) is None:
         raise StageError(f"config key 'pretrain.launcher': command {command[0]!r} not found on PATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -102,14 +103,14 @@ def main(spec_path: str) -> None:
     """Train on this rank from the spec; rank 0 writes the result file (or the one-line error)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from tasks.pretrain import train
+    from tasks.pretrain import PretrainSection, train
 
     spec = json.loads(Path(spec_path).read_text())
-    cfg = from_dict(ExperimentConfig, spec["config"])
+    section = from_dict(PretrainSection, spec["section"])  # JSON, checked field by field: nothing unpickled
     result_file = Path(spec_path).with_name(RESULT_FILE)
     try:
         result = train(
-            cfg,
+            section,
             Path(spec["tok_dir"]),
             Path(spec["encode_dir"]),
             Path(spec["out"]),

@@ -122,37 +122,33 @@ def register_model(
 
 
 def register_stage_model(
-    client: MlflowClient, cfg: Any, stage: Stage, run_id: str, inputs: dict[str, Path], cached: bool
+    client: MlflowClient, experiment: str, stage: Stage, run_id: str, cached: bool
 ) -> Registered | None:
-    """Pipeline hook after each stage: register the pretrained model after a computed `pretrain`, and the
-    fine-tuned model (scored by its task metric) after a computed `evaluate[task]`; other stages: nothing."""
-    if cached or stage.kind not in ("pretrain", "evaluate"):
+    """Pipeline hook after a stage whose definition registers: the pretrained model after a computed
+    `pretrain`, and the fine-tuned model (scored by its task metric) after a computed `evaluate[task]`."""
+    if cached:
         return None
     task, variant = split_variant(stage.task or "")
     if variant and "no_" in variant:  # ablations are not the experiment's model; seeds compete for `best`
         return None
     summary = stage.manifest().get("summary", {})
+    tokenizer = next(u.dir for u in stage.upstream_stages if u.kind == "tokenizer")
     if stage.kind == "pretrain":
         value = float(summary.get("final_val_loss", float("nan")))
         return register_model(
-            client,
-            f"{cfg.experiment}-pretrained",
-            run_id,
-            stage.dir / "model",
-            inputs["tokenizer"],
-            ("final_val_loss", value, False),
+            client, f"{experiment}-pretrained", run_id, stage.dir / "model", tokenizer, ("final_val_loss", value, False)
         )
     from gpt.benchmarks import get_task
     from gpt.tasks_metrics import HIGHER_IS_BETTER
 
-    metric = get_task(task, cfg.tasks).metric
-    finetune = next(d for name, d in inputs.items() if name.startswith("finetune"))
+    metric = get_task(task, stage.section.task.custom()).metric
+    finetune = next(u.dir for u in stage.upstream_stages if u.kind == "finetune")
     return register_model(
         client,
-        f"{cfg.experiment}-{task}",
+        f"{experiment}-{task}",
         run_id,
         finetune / "task_model",
-        inputs["tokenizer"],
+        tokenizer,
         (metric, float(summary.get(metric, float("nan"))), HIGHER_IS_BETTER.get(metric, True)),
     )
 

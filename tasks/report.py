@@ -1,21 +1,53 @@
-"""`report` stage: the run's report card (report.md, report.html, plots/) from MLflow."""
+"""`report` stage: the run's report card (report.md, report.md, plots/) from MLflow.
+
+It describes one pipeline run (its parent MLflow run), so its section is that run's id: every run,
+a fully cached rerun included, writes and logs a report of its own. Upstream stages only order it.
+"""
 
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
+from dataclasses import dataclass
+from pathlib import Path
 
-from reports.run_report import HTML_FILE, MD_FILE, PLOTS_DIR, build_report, environment_tags
-from tasks.stage import StageContext, StageOutput
+from gpt.config import ExperimentConfig
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
+MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
 REPORT_FILE = MD_FILE  # the Markdown the flow publishes as a Prefect artifact
 REPORT_FILES = (MD_FILE, HTML_FILE, PLOTS_DIR)  # what the flow logs to the parent run
 
 
-def compute(ctx: StageContext) -> StageOutput:
+@dataclass
+class ReportSection:
+    """The pipeline run the report card describes (None in a dry run: each run gets its own)."""
+
+    run: str | None
+
+
+def plan_report(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
+    """One `report`, after every other stage of the run."""
+    return [Planned("report", ReportSection(ctx.run_id), [p.name for p in ctx.planned])]
+
+
+def compute(section: ReportSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Record this process's versions and hardware on the parent run, then write the report for it."""
-    client = MlflowClient(tracking_uri=ctx.tracking_uri)
-    parent_id = client.get_run(ctx.run_id).data.tags["mlflow.parentRunId"]
+    from mlflow.tracking import MlflowClient
+
+    from reports.run_report import build_report, environment_tags
+
+    assert section.run is not None, "the report stage runs only inside a pipeline run"
+    client = MlflowClient(tracking_uri=env.tracking_uri)
     for key, value in environment_tags().items():
-        client.set_tag(parent_id, key, value)
-    files = build_report(client, parent_id, ctx.out)
+        client.set_tag(section.run, key, value)
+    files = build_report(client, section.run, out)
     return StageOutput(summary={"plots": len(files.plots)}, artifacts=list(REPORT_FILES))
+
+
+DEFINITION = StageDef(
+    kind="report",
+    version="3",  # 3: keyed by the run it describes
+    doc="the run's report card (report.html, report.md, plots/)",
+    instances=plan_report,
+    compute=compute,
+    keyed_on_inputs=False,
+)

@@ -1,10 +1,15 @@
-"""The Prefect task that runs one stage: cache key = stage key, output = the stage directory path.
+"""The Prefect task that runs one stage: reuse the finished directory, or compute and commit it.
+
+The stage manifest is the cache, not Prefect's result store: the task persists nothing (no
+cloudpickle record is ever written to, or read back from, the workspace) and reports a reused stage
+by returning a `Completed` state named `Cached`, which is how Prefect shows a cache hit.
 
 Every computation of a key happens under that key's flock (tasks/locks.py): a second process
-asking for the same stage waits, then finds it done and reuses it. A bad-input error (bad config
-or data, disk full) ends the task in a `Failed` state named `BadInput` carrying one line,
-without a traceback and without retries; anything else is raised (a traceback, and a retry for
-stages that fetch from the network).
+asking for the same stage waits, then finds it done and reuses it. While a stage computes it holds
+a shared lock on each input's `readers` file, so a rebuild of that input never swaps it under it.
+A bad-input error (bad config or data, disk full) ends the task in a `Failed` state named
+`BadInput` carrying one line, without a traceback and without retries; anything else is raised (a
+traceback, and a retry for stages that fetch from the network).
 """
 
 from __future__ import annotations
@@ -14,30 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 
-from gpt.config import hash_json
 from tasks.child_process import Placement, compute_placed, compute_stage
-from tasks.locks import file_lock
-from tasks.remote_store import RemoteStore, store_url_from_env
-from tasks.stage import Stage, StageContext, StageError, commit, user_error, verify_dir
+from tasks.definition import StageEnv
+from tasks.locks import file_lock, shared_locks
+from tasks.plan import corrupt_message
+from tasks.remote_store import RemoteStore
+from tasks.stage import Stage, StageError, commit, user_error, verify_dir
 
-# Stages that fetch from the network get retries; training stages resume from checkpoints instead.
-RETRIES = {"corpus": 2, "tokenizer": 2}
 BAD_INPUT = "BadInput"
-
-
-def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Prefect's cache key is the stage's content key, so a done stage shows as Cached across runs.
-
-    With a store (`--store`), the store is part of it: a stage finished before that store was set
-    is not a cache hit there, so `_compute` runs once and uploads it.
-    """
-    stage: Stage = parameters["stage"]
-    store = store_url_from_env()
-    return f"gptflow-{stage.kind}-{stage.key}" + (f"-{hash_json(store, 8)}" if store else "")
+CACHED = "Cached"
 
 
 def _retryable(task: Any, task_run: Any, state: State) -> bool:
@@ -45,83 +39,69 @@ def _retryable(task: Any, task_run: Any, state: State) -> bool:
     return state.name != BAD_INPUT
 
 
-def check_inputs_intact(inputs: dict[str, Path]) -> None:
+def check_inputs_intact(upstream: list[Stage]) -> None:
     """Re-hash the upstream files a computing stage is about to read; raise StageError naming a bad one."""
-    for name, path in inputs.items():
-        problems = verify_dir(path, deep=True)
+    for stage in upstream:
+        problems = verify_dir(stage.dir, deep=True)
         if problems:
-            raise StageError(f"stage '{name}' output {path} is corrupt: {problems[0]}; rebuild it with --force {name}")
+            raise StageError(corrupt_message(stage, problems[0]))
 
 
-def _compute(
-    stage: Stage,
-    cfg: Any,
-    inputs: dict[str, Path],
-    run_id: str | None,
-    tracking_uri: str | None,
-    cache_dir: Path,
-    force: bool,
-    placement: Placement | None,
-) -> dict[str, Any]:
+def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | None) -> dict[str, Any]:
     store = RemoteStore.from_env()  # the shared copy of finished stages (--store / GPTFLOW_STORE), if any
     with file_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
-        if force:
-            stage.clear()
-        if stage.is_done():  # done before we asked, or by the run we waited for
+        if not force and stage.is_done():  # done before we asked, or by the run we waited for
             if store:
                 store.push(stage)  # a no-op when the store has it already
             return {"dir": str(stage.dir), "computed": False, "artifacts": []}
-        if stage.dir.exists():
-            raise StageError(
-                f"stage '{stage.name}' output {stage.dir} is corrupt: {stage.verify()[0]}; "
-                f"rebuild it with --force {stage.name}"
-            )
+        if not force and stage.dir.exists():
+            raise StageError(corrupt_message(stage, stage.verify()[0]))
         if store and not force and store.pull(stage):  # finished elsewhere: downloaded, verified, committed
             get_run_logger().info(f"{stage.name}: reused from {store.stage_url(stage)}")
             return {"dir": str(stage.dir), "computed": False, "artifacts": []}
-        if stage.kind != "report":  # the report reads MLflow, not its upstream files
-            check_inputs_intact(inputs)
-        out_dir = stage.prepare_partial()
-        for aside in stage.set_aside_broken_checkpoints():
-            get_run_logger().warning(f"{stage.name}: checkpoint is corrupt, set aside as {aside}; training restarts")
-        ctx = StageContext(stage, cfg, inputs, out_dir, run_id, tracking_uri, cache_dir)
-        started = time.time()
-        out = compute_stage(stage.kind, ctx) if placement is None else compute_placed(stage.kind, ctx, placement)
-        commit(stage, out.summary, out.info, run_id, started)
+        upstream = stage.upstream_stages if stage.definition.keyed_on_inputs else []
+        with shared_locks([u.readers_path for u in upstream]):
+            check_inputs_intact(upstream)
+            out_dir = stage.prepare_partial(fresh=force)
+            for aside in stage.set_aside_broken_checkpoints():
+                get_run_logger().warning(
+                    f"{stage.name}: checkpoint is corrupt, set aside as {aside}; resuming from the newest intact one"
+                )
+            inputs = {u.name: u.dir for u in upstream}
+            started = time.time()
+            if placement is None:
+                out = compute_stage(stage, inputs, out_dir, env)
+            else:
+                out = compute_placed(stage, inputs, out_dir, env, placement)
+        commit(stage, out.summary, out.info, env.run_id, started)  # replaces a forced stage's old copy only now
         if store:
             store.push(stage, overwrite=force)
         return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
 
 
-@task(cache_key_fn=stage_cache_key, persist_result=True, retry_delay_seconds=[2, 10], retry_condition_fn=_retryable)
-def run_stage(
-    stage: Stage,
-    cfg: Any,
-    inputs: dict[str, Path],
-    run_id: str | None,
-    tracking_uri: str | None,
-    cache_dir: Path,
-    force: bool = False,
-    placement: Placement | None = None,
-) -> dict[str, Any] | State:
-    """Compute one stage into its partial dir and commit it; a complete dir is returned as is.
+@task(persist_result=False, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10], retry_condition_fn=_retryable)
+def run_stage(stage: Stage, env: StageEnv, force: bool = False, placement: Placement | None = None) -> State:
+    """Compute one stage into its partial dir and commit it; a finished dir is reused (state `Cached`).
 
     `placement` is set for stages that fan out (see flows/fanout.py): their threads, GPU and process.
     """
     try:
-        return _compute(stage, cfg, inputs, run_id, tracking_uri, cache_dir, force, placement)
+        result = _compute(stage, env, force, placement)
     except Exception as e:
         message = user_error(e)
         if message is None or getattr(e, "transient", False):
             raise
         return Failed(name=BAD_INPUT, message=message)
+    if result["computed"]:
+        return Completed(data=result)
+    return Completed(name=CACHED, data=result, message=f"reused {stage.dir}")
 
 
-def stage_task(stage: Stage, refresh: bool):
-    """`run_stage` named after the stage, refreshing Prefect's cache when the directory must be rebuilt."""
-    return run_stage.with_options(
-        name=stage.kind,
-        task_run_name=stage.name,
-        retries=RETRIES.get(stage.kind, 0),
-        refresh_cache=refresh,
-    )
+def stage_task(stage: Stage) -> Any:
+    """`run_stage` named after the stage, with its definition's retries."""
+    return run_stage.with_options(name=stage.kind, task_run_name=stage.name, retries=stage.definition.retries)
+
+
+def stage_env(stage: Stage, run_id: str | None, tracking_uri: str | None, cache_dir: Path) -> StageEnv:
+    """The run environment of a stage's compute (no config: that is all in its section)."""
+    return StageEnv(stage.name, run_id, tracking_uri, cache_dir)

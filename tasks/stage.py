@@ -18,44 +18,109 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from gpt.config import ConfigError, flatten, hash_json
 from gpt.shards import ShardError
 from gpt.sources import SourceError
+from tasks.content import ContentError
+from tasks.definition import StageDef, key_view
+from tasks.locks import file_lock
 
 MANIFEST = "manifest.json"
-# Stages whose partial directory holds checkpoints worth keeping across a killed run.
-RESUMABLE = frozenset({"pretrain", "finetune"})
+PARTIAL_RECORD = ".gptflow-partial.json"  # what a partial directory is for (kind, key, version); gc reads it
 
 
 class StageError(RuntimeError):
     """A stage directory is unusable (corrupt, foreign, unwritable); the message names it and the fix."""
 
 
-@dataclass
+class KeyPending(StageError):
+    """A stage's key is not known yet: it hashes the outputs of an upstream stage that is not done."""
+
+
+# Output digests of finished directories, by (manifest path, its stat): a key is asked for often.
+_output_digests: dict[tuple[str, int, int, int], str] = {}
+
+
+@dataclass(eq=False)
 class Stage:
-    """One node of the pipeline plan: what it hashes, what it needs, where it lives."""
+    """One node of the pipeline plan: its definition, its section, the stages it reads, where it lives."""
 
     name: str  # e.g. "pretrain", "finetune[sst2]"
-    kind: str  # e.g. "pretrain", "finetune"
-    section: dict[str, Any]  # the config content this stage depends on
-    upstream: list[str]  # names of the stages it reads
-    upstream_keys: list[str]
-    version: str  # bump to invalidate when a stage's code changes its output
+    definition: StageDef
+    section: Any  # the typed section: all its compute reads (see tasks/definition.py)
+    upstream_stages: list[Stage]
     artifacts_root: Path
-    task: str | None = None  # the benchmark, for per-task stages
-    key: str = field(init=False)
+    task: str | None = None  # the variant, for per-task stages
 
-    def __post_init__(self) -> None:
-        self.key = hash_json(
-            {"kind": self.kind, "section": self.section, "upstream": self.upstream_keys, "version": self.version}
-        )
+    @property
+    def kind(self) -> str:
+        return self.definition.kind
+
+    @property
+    def version(self) -> str:
+        return self.definition.version
+
+    @property
+    def upstream(self) -> list[str]:
+        """Names of the stages it reads."""
+        return [u.name for u in self.upstream_stages]
+
+    def section_record(self) -> Any:
+        """The hashed part of the section, as JSON-able data."""
+        return key_view(self.section)
+
+    def section_digest(self) -> str:
+        """Hash of what this stage itself contributes to its key: kind, code version, hashed section."""
+        return hash_json({"kind": self.kind, "version": self.version, "section": self.section_record()})
+
+    def upstream_outputs(self) -> dict[str, str]:
+        """Each upstream stage's output digest; raises KeyPending when one is not done."""
+        if not self.definition.keyed_on_inputs:
+            return {}
+        out = {}
+        for up in self.upstream_stages:
+            digest = up.output_digest()
+            if digest is None:
+                raise KeyPending(f"stage '{self.name}' waits for '{up.name}' (its key hashes that stage's outputs)")
+            out[up.name] = digest
+        return out
+
+    @property
+    def key(self) -> str:
+        """The content key: hash of kind, version, hashed section and the upstream stages' output digests."""
+        return hash_json({"section": self.section_digest(), "upstream": self.upstream_outputs()})
+
+    def key_or_none(self) -> str | None:
+        """The key, or None while an upstream stage is not done."""
+        try:
+            return self.key
+        except KeyPending:
+            return None
+
+    def output_digest(self) -> str | None:
+        """Digest of the files downstream stages read (from the manifest), or None when not done."""
+        key = self.key_or_none()
+        if key is None:
+            return None
+        path = self.dir / MANIFEST
+        try:  # the manifest records the digest; a file damaged since is caught before a stage reads it
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        memo = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+        if memo not in _output_digests:
+            manifest = json.loads(path.read_text())
+            _output_digests[memo] = manifest.get("outputs") or outputs_digest(manifest["files"], ("**",))
+        return _output_digests[memo]
 
     @property
     def dir(self) -> Path:
@@ -73,6 +138,11 @@ class Stage:
         return self.artifacts_root / self.kind / f"{self.key}.lock"
 
     @property
+    def readers_path(self) -> Path:
+        """The flock file runs reading this stage hold shared, so a rebuild never swaps it under them."""
+        return self.artifacts_root / self.kind / f"{self.key}.readers"
+
+    @property
     def latest_path(self) -> Path:
         """Record of the last completed run of this stage name (any key)."""
         return self.artifacts_root / self.kind / f"latest-{self.name}.json"
@@ -82,8 +152,9 @@ class Stage:
         return {
             "key": self.key,
             "version": self.version,
-            "section": self.section,
-            "upstream": dict(zip(self.upstream, self.upstream_keys, strict=True)),
+            "section": self.section_record(),
+            "upstream": {u.name: u.key for u in self.upstream_stages},
+            "upstream_outputs": self.upstream_outputs(),
         }
 
     def verify(self, deep: bool = False) -> list[str]:
@@ -92,10 +163,14 @@ class Stage:
 
     def is_done(self) -> bool:
         """Whether a complete, intact (by size) output for this key exists."""
+        if self.key_or_none() is None:
+            return False
         return (self.dir / MANIFEST).is_file() and not self.verify()
 
     def status(self) -> str:
-        """done | corrupt | partial | to run — cheap (stats only)."""
+        """done | corrupt | partial | to run | waiting (an upstream stage is not done) — cheap (stats only)."""
+        if self.key_or_none() is None:
+            return "waiting"
         if self.dir.exists():
             return "done" if not self.verify() else "corrupt"
         return "partial" if self.partial_dir.exists() else "to run"
@@ -111,29 +186,27 @@ class Stage:
         except (FileNotFoundError, ValueError):
             return None
 
-    def clear(self) -> None:
-        """Delete outputs for this key (for --force), including an interrupted partial directory."""
-        for d in (self.dir, self.partial_dir):
-            if d.exists():
-                shutil.rmtree(d)
-
-    def prepare_partial(self) -> Path:
+    def prepare_partial(self, fresh: bool = False) -> Path:
         """The partial directory, emptied unless it holds a training stage's checkpoints to resume from.
 
         Only called with the stage's lock held, so a partial directory found here was left by a
-        killed run: stale for a data stage (rebuilt from scratch), resumable for a training stage.
+        killed run: stale for a data stage (rebuilt from scratch), resumable for a training stage
+        unless `fresh` (a forced recompute starts over). A finished directory is never touched here.
         """
-        if self.partial_dir.exists() and self.kind not in RESUMABLE:
+        if self.partial_dir.exists() and (fresh or not self.definition.resumable):
             shutil.rmtree(self.partial_dir)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            self.partial_dir / PARTIAL_RECORD, {"stage": self.name, "kind": self.kind, **self.inputs_record()}
+        )
         return self.partial_dir
 
     def set_aside_broken_checkpoints(self) -> list[Path]:
         """Move checkpoints of the partial directory that are not intact zip archives to `<key>.<name>.corrupt`.
 
         torch checkpoints are zip files and Lightning does not write them by rename, so a run
-        killed mid-save can leave a truncated `last.ckpt`; training then restarts from step 0
-        instead of failing on unpickling. Returns the renamed files (the caller warns).
+        killed mid-save can leave a truncated `last.ckpt`; training then resumes from the newest
+        intact checkpoint (or step 0) instead of failing on unpickling. Returns the renamed files.
         """
         broken = []
         for ckpt in sorted(self.partial_dir.rglob("*.ckpt")):
@@ -147,6 +220,12 @@ class Stage:
                 os.replace(ckpt, aside)
                 broken.append(aside)
         return broken
+
+
+def outputs_digest(files: dict[str, dict[str, Any]], patterns: tuple[str, ...]) -> str:
+    """Digest of the manifest entries matching `patterns`: what downstream keys hash (early cutoff)."""
+    chosen = {rel: rec["sha256"] for rel, rec in files.items() if any(fnmatch(rel, p) for p in patterns)}
+    return hash_json(chosen)
 
 
 def verify_dir(path: Path, deep: bool = False) -> list[str]:
@@ -180,43 +259,34 @@ def why_stale(stage: Stage) -> str:
     last = stage.last_completed()
     if last is None:
         return "never completed"
-    if last.get("key") == stage.key:
+    key = stage.key_or_none()
+    if key is None:
+        return "waits for an upstream stage"
+    if last.get("key") == key:
         return "its directory was removed"
     changes = [
-        f"upstream {name} changed ({old} -> {stage_key})"
-        for name, stage_key in zip(stage.upstream, stage.upstream_keys, strict=True)
-        if (old := last.get("upstream", {}).get(name)) != stage_key
+        f"upstream {name} changed (outputs {old[:8]} -> {digest[:8]})"
+        for name, digest in stage.upstream_outputs().items()
+        if (old := last.get("upstream_outputs", {}).get(name, "?")) != digest
     ]
-    old_section, section = flatten(last.get("section", {})), flatten(stage.section)
-    changed_fields = sorted(k for k in set(old_section) | set(section) if old_section.get(k) != section.get(k))
-    if changed_fields:
-        diffs = (f"{k}: {old_section.get(k)!r} -> {section.get(k)!r}" for k in changed_fields)
+    old_section, section = flatten(last.get("section", {})), flatten(stage.section_record())
+    changed = sorted(k for k in set(old_section) | set(section) if old_section.get(k) != section.get(k))
+    files = [k for k in changed if _FILES_FIELD.match(k)]
+    for k in files:
+        path = _FILES_FIELD.match(k).group(2)
+        what = "is new" if k not in old_section else "is gone" if k not in section else "changed"
+        changes.append(f"{path} {what} since the last run")
+    fields = [k for k in changed if k not in files]
+    if fields:
+        diffs = (f"{k}: {old_section.get(k)!r} -> {section.get(k)!r}" for k in fields)
         changes.append("config " + ", ".join(diffs))
     if last.get("version") != stage.version:
         changes.append(f"code version {last.get('version')} -> {stage.version}")
     return "; ".join(changes) or "inputs changed"
 
 
-@dataclass
-class StageContext:
-    """What a stage's compute function gets: its stage, the config, upstream dirs and tracking ids."""
-
-    stage: Stage
-    cfg: Any  # ExperimentConfig
-    inputs: dict[str, Path]  # upstream stage name -> completed directory
-    out: Path  # the partial directory to write into
-    run_id: str | None  # the stage's MLflow child run
-    tracking_uri: str | None
-    cache_dir: Path  # downloads shared by all stages of the workspace
-
-
-@dataclass
-class StageOutput:
-    """What a compute function returns: summary metrics, free-form info, and files to log to MLflow."""
-
-    summary: dict[str, float]
-    info: dict[str, Any] = field(default_factory=dict)
-    artifacts: list[str] = field(default_factory=list)  # paths relative to the stage dir
+# A flattened section key of a content-digest field: `files.<path>`, `task_files.<path>`, `init_files.<name>`.
+_FILES_FIELD = re.compile(r"^((?:[a-z_]+\.)*[a-z_]*files)\.(.+)$")
 
 
 def _sha256(path: Path, sync: bool = False) -> str:
@@ -254,9 +324,12 @@ def commit(
 ) -> dict[str, Any]:
     """Hash and fsync every file, write the manifest, rename the partial directory into place atomically.
 
+    A directory already there for the key (a forced rebuild, or a corrupt copy) is replaced only
+    now, after the new one is complete, and only once no run is reading it (`readers_path`).
     `started_at` (epoch seconds) is when the compute began, so the manifest holds the compute's span.
     """
     partial = stage.partial_dir
+    (partial / PARTIAL_RECORD).unlink(missing_ok=True)
     files = {}
     for p in sorted(partial.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
@@ -270,15 +343,23 @@ def commit(
         "summary": summary,
         "info": info,
         "files": files,
+        "outputs": outputs_digest(files, stage.definition.outputs),
         "produced_by_run": run_id,
         "started_at": started_at,
         "completed_at": time.time(),
     }
     write_json_atomic(partial / MANIFEST, manifest)
-    if stage.dir.exists():  # an unusable copy (no manifest, or corrupt and forced)
-        shutil.rmtree(stage.dir)
-    os.rename(partial, stage.dir)
+    replaced = None
+    if stage.dir.exists():
+        with file_lock(stage.readers_path):  # waits for runs reading the old copy; new readers wait for the swap
+            replaced = stage.dir.with_name(f"{stage.key}.replaced-{time.time_ns()}")
+            os.rename(stage.dir, replaced)
+            os.rename(partial, stage.dir)
+    else:
+        os.rename(partial, stage.dir)
     fsync_dir(stage.dir.parent)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)  # what is left of it, `gptflow gc` lists
     write_json_atomic(stage.latest_path, stage.inputs_record())
     return manifest
 
@@ -292,7 +373,7 @@ def user_error(e: BaseException) -> str | None:
 
     Anything else is a bug and keeps its traceback.
     """
-    if isinstance(e, ConfigError | SourceError | StageError | ShardError):
+    if isinstance(e, ConfigError | SourceError | StageError | ShardError | ContentError):
         return str(e)
     if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
         where = f": {e.filename}" if e.filename else ""

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-from gpt.corpus import read_documents
-from gpt.sources import CATALOG, fetch
-from gpt.tokenizer import GPT2_PATTERN, SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+from gpt.config import ExperimentConfig, TokenizerConfig
 from tasks.corpus import CORPUS_FILE
-from tasks.stage import StageContext, StageOutput
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
 
-def compute(ctx: StageContext) -> StageOutput:
+@dataclass
+class TokenizerSection:
+    """The tokenizer config (GPT-2's ranks need none of it: `kind: gpt2` alone)."""
+
+    tokenizer: TokenizerConfig
+
+
+def plan_tokenizer(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
+    """One `tokenizer` stage: trained on the corpus, or GPT-2's fixed ranks (no upstream)."""
+    if cfg.tokenizer.kind == "gpt2":
+        return [Planned("tokenizer", TokenizerSection(TokenizerConfig(kind="gpt2")), [])]
+    return [Planned("tokenizer", TokenizerSection(cfg.tokenizer), ["corpus"])]
+
+
+def compute(section: TokenizerSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Write `tokenizer.tiktoken` + `tokenizer.json` (loadable with plain tiktoken).
 
     Reports the vocab size, the training time and the text bytes trained on; the compression on
@@ -20,14 +34,19 @@ def compute(ctx: StageContext) -> StageOutput:
     """
     from tiktoken.load import load_tiktoken_bpe
 
+    from gpt.corpus import read_documents
+    from gpt.sources import CATALOG, fetch
+    from gpt.tokenizer import GPT2_PATTERN, SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+
     summary: dict[str, float] = {}
-    if ctx.cfg.tokenizer.kind == "gpt2":
+    tok = section.tokenizer
+    if tok.kind == "gpt2":
         (remote,) = CATALOG["gpt2_bpe"]
-        ranks = load_tiktoken_bpe(str(fetch(remote, ctx.cache_dir)))
+        ranks = load_tiktoken_bpe(str(fetch(remote, env.cache_dir)))
         enc = build_encoding(ranks, GPT2_PATTERN, name="gpt2")
     else:
         seen = [0]
-        cap = ctx.cfg.tokenizer.max_train_bytes
+        cap = tok.max_train_bytes
 
         def counted(docs: Iterator[str]) -> Iterator[str]:
             """The corpus documents up to `max_train_bytes` (the last one cut), counting bytes."""
@@ -40,11 +59,22 @@ def compute(ctx: StageContext) -> StageOutput:
                     return
 
         t0 = time.perf_counter()
-        ranks = train_bpe(counted(read_documents(ctx.inputs["corpus"] / CORPUS_FILE)), ctx.cfg.tokenizer.vocab_size)
+        ranks = train_bpe(counted(read_documents(inputs["corpus"] / CORPUS_FILE)), tok.vocab_size)
         summary["train_seconds"] = time.perf_counter() - t0
         summary["train_bytes"] = seen[0]
         summary["train_mb_per_s"] = seen[0] / 1e6 / max(summary["train_seconds"], 1e-9)
         enc = build_encoding(ranks, SPLIT_PATTERN)
-    save_tokenizer(enc, ranks, ctx.out)
+    save_tokenizer(enc, ranks, out)
     summary["vocab_size"] = enc.n_vocab
     return StageOutput(summary=summary, artifacts=["tokenizer.tiktoken", "tokenizer.json"])
+
+
+DEFINITION = StageDef(
+    kind="tokenizer",
+    version="2",
+    doc="byte-level BPE (rustbpe) served by tiktoken, or GPT-2's ranks",
+    instances=plan_tokenizer,
+    compute=compute,
+    outputs=("tokenizer.tiktoken", "tokenizer.json"),
+    retries=2,  # the GPT-2 rank file is a download
+)

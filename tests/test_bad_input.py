@@ -114,7 +114,7 @@ def test_malformed_yaml(capsys, done_ws, tmp_path):
 
 
 def test_from_needs_finished_upstream(capsys, tmp_path):
-    fails(capsys, tmp_path, "--from", "pretrain", needle="needs 'encode', which is not done (to run)")
+    fails(capsys, tmp_path, "--from", "pretrain", needle="needs 'encode', which is not done")
 
 
 def custom_task(tmp_path: Path, header: str, rows: list[str]) -> Path:
@@ -182,7 +182,7 @@ def test_truncated_token_shard(capsys, done_ws, tmp_path):
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
     last = fails(capsys, ws, needle="stage 'encode' output")
-    assert "train.bin has" in last and "--force encode" in last
+    assert "train.bin has" in last and "--rebuild encode" in last
 
 
 # --- cases that fail inside a stage (the Prefect flow runs; the stage ends in a BadInput state) ---
@@ -280,13 +280,13 @@ def test_checksum_mismatch(capsys, done_ws, https_server):
 
 
 def test_disk_full_while_writing_a_stage(capsys, done_ws, monkeypatch, tmp_path):
-    import tasks.corpus
+    import gpt.corpus
 
     def full(source, out_file, *args, **kwargs):
         Path(out_file).write_text('{"text": "half')
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_file))
 
-    monkeypatch.setattr(tasks.corpus, "build_corpus", full)
+    monkeypatch.setattr(gpt.corpus, "build_corpus", full)
     other = ["--set", "corpus.max_bytes=12345", "--only", "corpus"]
     fails(capsys, done_ws, *other, needle="No space left on device")
     (stage,) = [s for s in build_plan(load_config(MICRO, other[1:2]), done_ws / "artifacts") if s.name == "corpus"]

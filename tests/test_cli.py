@@ -49,5 +49,7 @@ def test_stages_shows_the_plan(tmp_path):
     lines = proc.stdout.splitlines()[:-1]  # the last line names the artifacts directory
     names = [line.split()[0] for line in lines]
     assert names[:4] == ["corpus", "tokenizer", "encode", "pretrain"] and names[-1] == "report"
-    assert all("to run" in line and "never completed" in line for line in lines)
+    assert "to run" in lines[0] and "never completed" in lines[0]  # corpus: nothing upstream
+    # every later stage's key hashes its upstream outputs, unknown until they are computed
+    assert all("waiting" in line and "runs after" in line for line in lines[1:-1])
     assert not (tmp_path / "prefect").exists()  # a dry run: Prefect never started

@@ -82,7 +82,7 @@ def test_device_placement_keeps_the_pretrain_cache_key(micro_config, tmp_path):
 
     def key(*overrides: str) -> str:
         plan = build_plan(load_config(micro_config, list(overrides)), tmp_path)
-        return next(s.key for s in plan if s.name == "pretrain")
+        return next(s.section_digest() for s in plan if s.name == "pretrain")
 
     placed = ["pretrain.devices=4", "pretrain.strategy=fsdp", "pretrain.num_nodes=2", "pretrain.launcher=srun"]
     assert key(*placed) == key()

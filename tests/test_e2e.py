@@ -67,8 +67,13 @@ def test_second_run_is_all_cache_hits(micro_config, workspace):
     run(micro_config, workspace)
     parent, children = runs_of(client, latest_parent(client))
     assert parent.info.run_id != first
-    assert {n: c.data.tags["cached"] for n, c in children.items()} == {n: "true" for n in STAGES}
-    assert all(c.data.tags["produced_by"] == runs_of(client, first)[1][n].info.run_id for n, c in children.items())
+    # every stage reused, except the report: each run gets a report card of its own (its id, its stage outcomes)
+    expected = {n: "false" if n == "report" else "true" for n in STAGES}
+    assert {n: c.data.tags["cached"] for n, c in children.items()} == expected
+    reused = {n: c for n, c in children.items() if n != "report"}
+    assert all(c.data.tags["produced_by"] == runs_of(client, first)[1][n].info.run_id for n, c in reused.items())
+    report = (workspace / "artifacts" / "report" / children["report"].data.tags["cache_key"] / "report.md").read_text()
+    assert parent.info.run_id in report and first not in report
     assert parent.data.metrics["sst2.accuracy"] == client.get_run(first).data.metrics["sst2.accuracy"]
     assert client.list_artifacts(children["pretrain"].info.run_id) == []  # weights stay with the producer
 

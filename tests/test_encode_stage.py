@@ -4,13 +4,15 @@ import json
 
 from gpt.config import load_config
 from gpt.shards import open_shard, read_manifest
-from tasks import corpus, encode, tokenizer
-from tasks.stage import StageContext
+from tasks.definition import StageEnv
+from tasks.plan import build_plan
 
 
-def run(module, cfg, out, inputs, cache_dir):
+def run(name, cfg, out, inputs, cache_dir):
+    """The stage's compute on its planned section, as the runner calls it."""
     out.mkdir()
-    return module.compute(StageContext(None, cfg, inputs, out, None, None, cache_dir))
+    (stage,) = [s for s in build_plan(cfg, out.parent / "artifacts") if s.name == name]
+    return stage.definition.compute(stage.section, inputs, out, StageEnv(name, None, None, cache_dir))
 
 
 def test_stages_chain_on_a_weighted_mixture(tmp_path):
@@ -30,13 +32,13 @@ def test_stages_chain_on_a_weighted_mixture(tmp_path):
         ],
     )
     dl = tmp_path / "dl"
-    c = run(corpus, cfg, tmp_path / "corpus", {}, dl)
+    c = run("corpus", cfg, tmp_path / "corpus", {}, dl)
     assert c.summary["duplicates_dropped"] == 1
     assert c.info["source_bytes"]["tinyshakespeare"] > 0 and c.summary["documents"] == 41
-    t = run(tokenizer, cfg, tmp_path / "tok", {"corpus": tmp_path / "corpus"}, dl)
+    t = run("tokenizer", cfg, tmp_path / "tok", {"corpus": tmp_path / "corpus"}, dl)
     assert t.summary["vocab_size"] == 304 and t.summary["train_seconds"] > 0
     assert t.summary["train_bytes"] == c.summary["bytes"]
-    e = run(encode, cfg, tmp_path / "enc", {"corpus": tmp_path / "corpus", "tokenizer": tmp_path / "tok"}, dl)
+    e = run("encode", cfg, tmp_path / "enc", {"corpus": tmp_path / "corpus", "tokenizer": tmp_path / "tok"}, dl)
     assert e.summary["train_documents"] + e.summary["val_documents"] == 41
     assert e.summary["train_text_bytes"] + e.summary["val_text_bytes"] == c.summary["bytes"]
     assert 1 < e.summary["val_bytes_per_token"] < 10
@@ -49,6 +51,6 @@ def test_tokenizer_trains_on_at_most_max_train_bytes(tmp_path):
     cfg = load_config(
         None, [f"corpus.source={tmp_path}/a.jsonl", "tokenizer.vocab_size=300", "tokenizer.max_train_bytes=1000"]
     )
-    run(corpus, cfg, tmp_path / "corpus", {}, tmp_path / "dl")
-    t = run(tokenizer, cfg, tmp_path / "tok", {"corpus": tmp_path / "corpus"}, tmp_path / "dl")
+    run("corpus", cfg, tmp_path / "corpus", {}, tmp_path / "dl")
+    t = run("tokenizer", cfg, tmp_path / "tok", {"corpus": tmp_path / "corpus"}, tmp_path / "dl")
     assert t.summary["train_bytes"] == 1000

@@ -24,6 +24,15 @@ def plan_for(tmp_path: Path, *overrides: str):
     return {s.name: s for s in build_plan(load_config(None, list(overrides)), tmp_path)}
 
 
+def complete_upstream(stages: dict, name: str) -> None:
+    """Commit every stage before `name` in plan order (a file each), so that its key resolves."""
+    for s in stages.values():
+        if s.name == name:
+            return
+        if not s.is_done():
+            complete(s, {"out.txt": s.name.encode()})
+
+
 def complete(stage, files: dict[str, bytes]) -> dict:
     out = stage.prepare_partial()
     for rel, data in files.items():
@@ -59,10 +68,13 @@ def test_corrupt_stage_is_refused_before_compute_and_force_rebuilds(tmp_path):
     (stages["corpus"].dir / "corpus.jsonl").write_bytes(b"")
     plan = list(stages.values())
     with pytest.raises(
-        StageError, match=r"stage 'corpus' output .* is corrupt: corpus.jsonl has 0 bytes.*--force corpus"
+        StageError, match=r"stage 'corpus' output .* is corrupt: corpus.jsonl has 0 bytes.*--rebuild corpus"
     ):
         check_stages(plan, *select(plan, None, None, None))
     check_stages(plan, *select(plan, None, None, ["corpus"]))  # forced: it will be rebuilt
+    _, rebuilt = select(plan, None, None, None, ["corpus"])
+    assert rebuilt == {"corpus"}  # --rebuild recomputes just that stage; the rest follows its outputs
+    check_stages(plan, plan, rebuilt)
     assert (stages["corpus"].dir / "corpus.jsonl").exists()  # refusing deleted nothing
 
 
@@ -76,6 +88,8 @@ def test_stage_dir_from_another_config_is_not_done(tmp_path):
 
 def test_stale_partial_dir_is_cleared_for_data_stages_and_kept_for_training(tmp_path):
     stages = plan_for(tmp_path)
+    complete_upstream(stages, "pretrain")
+    stages["corpus"] = plan_for(tmp_path, "corpus.max_bytes=5")["corpus"]  # not done: a partial of a data stage
     for name in ("corpus", "pretrain"):
         stages[name].partial_dir.mkdir(parents=True)
         (stages[name].partial_dir / "leftover").write_text("x")
@@ -92,7 +106,15 @@ def test_stages_says_why(tmp_path):
     rows = {r["stage"]: r for r in describe(plan, *select(plan, None, None, None))}
     assert rows["pretrain"]["status"] == "done"
     assert rows["finetune[sst2]"]["status"] == "stale" and "lr: 6.25e-05 -> 0.5" in rows["finetune[sst2]"]["why"]
-    assert rows["evaluate[sst2]"]["why"].startswith("upstream finetune[sst2] changed")
+    assert rows["evaluate[sst2]"]["status"] == "waiting"  # its key hashes the new weights, not computed yet
+    assert rows["evaluate[sst2]"]["why"] == "runs after finetune[sst2] (its key hashes their outputs)"
+    changed["finetune[sst2]"].dir.mkdir(parents=True)  # the new fine-tune came out byte-identical to the old one
+    old_manifest = stages["finetune[sst2]"].manifest()
+    (changed["finetune[sst2]"].dir / "manifest.json").write_text(
+        json.dumps({**old_manifest, "key": changed["finetune[sst2]"].key})
+    )
+    rows = {r["stage"]: r for r in describe(plan, *select(plan, None, None, None))}
+    assert rows["evaluate[sst2]"]["status"] == "done"  # early cutoff: the evaluation is reused
     forced = {r["stage"]: r for r in describe(plan, *select(plan, None, None, ["pretrain"]))}
     assert forced["pretrain"]["status"] == "to run" and "forced" in forced["pretrain"]["why"]
     assert forced["encode"]["status"] == "done"
@@ -289,7 +311,9 @@ TIMING_KEYS = ("tokens_per_sec", "mfu", "fit_seconds", "resumed_from_step")
 
 
 def test_broken_checkpoint_is_set_aside(tmp_path):
-    pretrain = plan_for(tmp_path)["pretrain"]
+    stages = plan_for(tmp_path)
+    complete_upstream(stages, "pretrain")
+    pretrain = stages["pretrain"]
     ckpts = pretrain.prepare_partial() / "checkpoints"
     ckpts.mkdir()
     (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 truncated mid-save")

@@ -12,7 +12,7 @@ from gpt.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer
 from tasks import evaluate, finetune
 from tasks.plan import build_plan
 from tasks.pretrain import MODEL_DIR
-from tasks.stage import StageContext
+from tasks.definition import StageEnv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -41,10 +41,10 @@ def run_variant(tmp_path, upstream, cfg, variant):
     ft_out.mkdir()
     ev_out.mkdir()
     ft_inputs = {name: upstream[name] for name in ft_stage.upstream}
-    ft = finetune.compute(StageContext(ft_stage, cfg, ft_inputs, ft_out, None, None, tmp_path / "cache"))
+    ft = finetune.compute(ft_stage.section, ft_inputs, ft_out, StageEnv(ft_stage.name, None, None, tmp_path / "cache"))
     assert ft.summary["steps"] == 3 and ft.summary["train_examples"] == 24
     ev_inputs = {ft_stage.name: ft_out, "tokenizer": upstream["tokenizer"]}
-    ev = evaluate.compute(StageContext(ev_stage, cfg, ev_inputs, ev_out, None, None, tmp_path / "cache"))
+    ev = evaluate.compute(ev_stage.section, ev_inputs, ev_out, StageEnv(ev_stage.name, None, None, tmp_path / "cache"))
     with open(ev_out / evaluate.PREDICTIONS_FILE, newline="") as f:
         assert len(list(csv.DictReader(f))) == 24 == ev.summary["examples"]
     return ev, ev_out

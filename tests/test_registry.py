@@ -92,19 +92,21 @@ def test_unknown_model_or_wrong_kind_is_one_line_error(registry, capsys):
 
 def test_pipeline_hook_skips_cached_stages_ablations_and_other_kinds(registry, tmp_path):
     from gpt.config import load_config
+    from tasks.plan import build_plan
     from tasks.registry import register_stage_model
-    from tasks.stage import Stage
+    from tasks.stage import StageError
 
     _, client, exp, *_ = registry
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "micro.yaml")
 
-    def stage(name: str, kind: str, task: str | None = None) -> Stage:
-        return Stage(name, kind, {}, [], [], "1", tmp_path, task)  # no output dir: registering would fail
-
+    plan = {s.name: s for s in build_plan(cfg, tmp_path)}  # no output dirs: registering would fail
+    assert [s.kind for s in plan.values() if s.definition.registers] == ["pretrain", "evaluate", "evaluate"]
     run = _run(client, exp)
-    assert register_stage_model(client, cfg, stage("pretrain", "pretrain"), run, {}, cached=True) is None
-    ablation = stage("evaluate[sst2-no_pretraining]", "evaluate", "sst2-no_pretraining")
-    assert register_stage_model(client, cfg, ablation, run, {}, cached=False) is None
-    assert register_stage_model(client, cfg, stage("finetune[sst2]", "finetune", "sst2"), run, {}, cached=False) is None
-    with pytest.raises(FileNotFoundError):  # a computed main-recipe evaluate does register (reads its manifest)
-        register_stage_model(client, cfg, stage("evaluate[sst2]", "evaluate", "sst2"), run, {}, cached=False)
+    assert register_stage_model(client, cfg.experiment, plan["pretrain"], run, cached=True) is None
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "micro.yaml", ["ablations=[no_pretraining]"])
+    plan = {s.name: s for s in build_plan(cfg, tmp_path)}
+    ablation = plan["evaluate[sst2-no_pretraining]"]
+    assert register_stage_model(client, cfg.experiment, ablation, run, cached=False) is None
+    # a computed main-recipe evaluate does register: it asks for its directory (which has no key yet here)
+    with pytest.raises(StageError, match="waits for 'finetune\\[sst2\\]'"):
+        register_stage_model(client, cfg.experiment, plan["evaluate[sst2]"], run, cached=False)

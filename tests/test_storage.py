@@ -19,6 +19,7 @@ import pytest
 from flows.cli import main
 from tasks.remote_store import STORE_ENV, RemoteStore, StoreError, normalize_url
 from tasks.stage import MANIFEST, Stage, commit
+from tasks.stages import BY_KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.yaml"
@@ -27,7 +28,7 @@ DATA_STAGES = ["corpus", "tokenizer", "encode"]
 
 def make_stage(workspace: Path, kind: str = "tokenizer") -> Stage:
     """A stage of a given kind keyed like a real one; the same arguments give the same key in any workspace."""
-    return Stage(kind, kind, {"vocab_size": 512}, [], [], "1", workspace / "artifacts")
+    return Stage(kind, BY_KIND[kind], {"vocab_size": 512}, [], workspace / "artifacts")
 
 
 def committed_stage(workspace: Path, kind: str = "tokenizer") -> Stage:

@@ -89,18 +89,18 @@ def test_ablation_and_seed_variants_in_the_plan(tmp_path):
     ]
     by_name = {s.name: s for s in build_plan(cfg, tmp_path)}
     scratch = by_name["finetune[sst2-no_pretraining]"]
-    assert scratch.upstream == ["tokenizer"] and scratch.section["recipe"]["init"] == "scratch"
-    assert scratch.section["recipe"]["lr"] == 0.001 and scratch.section["recipe"]["epochs"] == 1
-    assert by_name["finetune[sst2-no_aux_lm]"].section["recipe"]["aux_lm_weight"] == 0.0
-    assert by_name["finetune[story_cloze]"].section["recipe"]["lr"] == 6.25e-5
+    assert scratch.upstream == ["tokenizer"] and scratch.section.recipe.init == "scratch"
+    assert scratch.section.recipe.lr == 0.001 and scratch.section.recipe.epochs == 1
+    assert by_name["finetune[sst2-no_aux_lm]"].section.recipe.aux_lm_weight == 0.0
+    assert by_name["finetune[story_cloze]"].section.recipe.lr == 6.25e-5
     assert by_name["finetune[story_cloze]"].upstream == ["pretrain", "tokenizer"]
     assert by_name["evaluate[sst2-no_pretraining]"].task == "sst2-no_pretraining"  # parent: sst2-no_pretraining.*
     # evaluation of all variants of a task reads the same dev examples
     assert by_name["evaluate[sst2]"].section == by_name["evaluate[sst2-no_aux_lm]"].section
-    assert by_name["evaluate[sst2]"].key != by_name["evaluate[sst2-no_aux_lm]"].key
+    assert by_name["evaluate[sst2]"].upstream != by_name["evaluate[sst2-no_aux_lm]"].upstream  # other weights
 
     seeded = load_config(None, ["finetune.tasks=[sst2]", "finetune.seeds=[1, 2, 3]"])
     assert [v.name for v in variants(seeded)] == ["sst2-seed1", "sst2-seed2", "sst2-seed3"]
     plan = {s.name: s for s in build_plan(seeded, tmp_path)}
-    assert plan["finetune[sst2-seed2]"].section["seed"] == 2
+    assert plan["finetune[sst2-seed2]"].section.seed == 2 and plan["finetune[sst2-seed2]"].section.data_seed == 1234
     assert recipe(seeded, variants(seeded)[0]).tasks == ["sst2"]
