@@ -210,17 +210,19 @@ class FanoutConfig:
     Placement only, like `pretrain.strategy`: no stage's cache key depends on it.
     """
 
-    runner: Literal["thread", "dask", "ray"] = "thread"  # the Prefect task runner; dask/ray need their extra
-    max_concurrency: int | None = None  # stages in flight at once; None: one per visible GPU, 1 on CPU
-    address: str | None = None  # an existing Dask scheduler / Ray cluster; None starts a local one
-    threads_per_stage: int | None = None  # torch CPU threads of each concurrent stage; None: cores / concurrency
+    runner: Literal["thread", "dask", "ray"] = placement("thread", "the Prefect task runner; dask/ray need their extra")
+    max_concurrency: int | None = placement(None, "stages in flight at once; None: one per visible GPU, 1 on CPU")
+    address: str | None = placement(None, "an existing Dask scheduler / Ray cluster; None starts a local one")
+    threads_per_stage: int | None = placement(
+        None, "torch CPU threads of each concurrent stage; None: cores / concurrency"
+    )
 
 
 @dataclass
 class ExperimentConfig:
     """The whole resolved configuration of one pipeline run."""
 
-    experiment: str = "gptflow"
+    experiment: str = observation("gptflow", "the MLflow experiment the runs are recorded in")
     seed: int = 1234
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

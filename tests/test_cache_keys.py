@@ -1,0 +1,208 @@
+"""The cache key covers exactly what is computed: a property test over every leaf of the config.
+
+Each leaf either changes what some stage hashes (its kind, version and typed section), or carries
+an `observation` / `placement` role in gpt/config.py and then changes no stage at all. Because a
+stage's compute receives only its section (tasks/definition.py), a value that reaches a compute is a
+value its key hashes. Upstream outputs join the key at run time (early cutoff); that part is tested
+end to end in tests/test_cache_e2e.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpt.config import OBSERVATION, PLACEMENT, ExperimentConfig, flatten, load_config
+from tasks.plan import build_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A base config with every section populated: a custom task, per-task overrides, zero-shot scoring.
+BASE = [
+    "finetune.tasks=[sst2, reviews]",
+    "finetune.per_task={sst2: {lr: 0.001}}",
+    "pretrain.zeroshot_tasks=[sst2]",
+]
+
+# Values for leaves a generic change (+1, x0.5, not) would make invalid or leave meaningless.
+NEW_VALUE: dict[str, object] = {
+    "corpus.source": "gutenberg",
+    "corpus.sources": [{"source": "tinyshakespeare", "weight": 1.0}],
+    "corpus.max_bytes": 100_000,
+    "tokenizer.kind": "gpt2",
+    "tokenizer.max_train_bytes": 100_000,
+    "model.n_head": 8,
+    "model.n_embd": 512,
+    "model.norm": "pre",
+    "model.activation": "gelu_new",
+    "pretrain.precision": "bf16-mixed",
+    "pretrain.strategy": "ddp",
+    "pretrain.devices": "2",
+    "pretrain.accelerator": "cpu",
+    "pretrain.schedule": "linear",
+    "pretrain.tokens_per_step": 4096,
+    "pretrain.compile": True,
+    "pretrain.launcher": "srun",
+    "pretrain.zeroshot_tasks": ["story_cloze"],
+    "pretrain.zeroshot_examples": 20,
+    "finetune.tasks": ["sst2", "reviews", "rte"],
+    "finetune.max_examples": 100,
+    "finetune.max_len": 64,
+    "finetune.init": "scratch",
+    "finetune.early_stopping_patience": 1,
+    "finetune.seeds": [1, 2],
+    "finetune.per_task.sst2.lr": 0.002,
+    **{
+        f"finetune.per_task.sst2.{k}": v
+        for k, v in {
+            "epochs": 2,
+            "batch_size": 8,
+            "aux_lm_weight": 0.1,
+            "warmup_fraction": 0.1,
+            "weight_decay": 0.1,
+            "clf_dropout": 0.2,
+            "max_examples": 10,
+            "max_len": 32,
+            "early_stopping_patience": 2,
+            "select_best": True,
+        }.items()
+    },
+    "tasks.reviews.format": "tsv",
+    "tasks.reviews.delimiter": ";",
+    "tasks.reviews.quoting": "none",
+    "tasks.reviews.encoding": "utf-8",
+    "tasks.reviews.columns.text": "review",
+    "tasks.reviews.label": "stars",
+    "tasks.reviews.labels": ["good", "bad"],
+    "tasks.reviews.metrics": ["f1"],
+    "ablations": ["no_aux_lm"],
+    "experiment": "another",
+    "fanout.runner": "dask",
+    "fanout.max_concurrency": 4,
+    "fanout.address": "tcp://127.0.0.1:8786",
+    "fanout.threads_per_stage": 2,
+}
+# Leaves the property cannot vary on its own (they must change together with others to stay valid).
+SKIP = {
+    "tasks.reviews.type",  # another type needs other columns; tests/test_tasks_custom.py covers the types
+    "tasks.reviews.train",  # file content is what counts: tests/test_cache_e2e.py edits the files
+    "tasks.reviews.dev",
+    "tasks.reviews.columns.hypothesis",  # other task types' columns: None here
+    "tasks.reviews.columns.premise",
+    "tasks.reviews.columns.a",
+    "tasks.reviews.columns.b",
+    "tasks.reviews.columns.context",
+    "tasks.reviews.columns.answers",
+    "tasks.reviews.score_range",  # excludes `labels`
+    "tasks.reviews.test",
+}
+
+
+@pytest.fixture
+def task_files(tmp_path: Path) -> list[str]:
+    for split in ("train", "dev"):
+        rows = "".join(f"a fine film number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(6))
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + rows)
+    return [
+        f"tasks={{reviews: {{type: classification, train: {tmp_path}/train.csv, dev: {tmp_path}/dev.csv, "
+        "columns: {text: text}, labels: [neg, pos]}}",
+    ]
+
+
+def role(key: str) -> str | None:
+    """The `role` metadata of the config field a dotted key names (walking dataclasses and dict values)."""
+    tp: typing.Any = ExperimentConfig
+    meta: typing.Any = {}
+    for part in key.split("."):
+        if dataclasses.is_dataclass(tp):
+            fields = {f.name: f for f in dataclasses.fields(tp)}
+            meta = fields[part].metadata
+            if meta.get("role"):
+                return meta["role"]
+            tp = typing.get_type_hints(tp)[part]
+        else:  # a dict: every key has the value type
+            tp = typing.get_args(tp)[1]
+        if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return None
+
+
+def changed_value(key: str, value: object) -> object:
+    if key in NEW_VALUE:
+        return NEW_VALUE[key]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.5 if value else 0.1
+    raise AssertionError(f"no changed value for {key}={value!r}: add one to NEW_VALUE")
+
+
+def stage_digests(cfg: ExperimentConfig, tmp_path: Path) -> dict[str, str]:
+    return {s.name: s.section_digest() for s in build_plan(cfg, tmp_path / "artifacts")}
+
+
+def test_every_config_leaf_is_hashed_or_declared_observation_or_placement(task_files, tmp_path):
+    base_overrides = BASE + task_files
+    base = load_config(None, base_overrides)
+    before = stage_digests(base, tmp_path)
+    leaves = {k: v for k, v in flatten(base.to_dict()).items() if k not in SKIP}
+    assert len(leaves) > 80  # the walk reaches every section
+    unhashed, declared = [], []
+    for key, value in leaves.items():
+        new = changed_value(key, value)
+        cfg = load_config(None, [*base_overrides, f"{key}={yaml.safe_dump(new, default_flow_style=True).strip()}"])
+        assert flatten(cfg.to_dict())[key] != value or key.startswith("finetune.tasks"), key
+        after = stage_digests(cfg, tmp_path)
+        changed = set(before) ^ set(after) | {n for n in before if n in after and before[n] != after[n]}
+        if role(key) in (OBSERVATION, PLACEMENT):
+            if changed:
+                declared.append(f"{key} ({role(key)}) changed {sorted(changed)}")
+        elif not changed:
+            unhashed.append(key)
+    assert not unhashed, f"config keys no stage hashes and not declared observation/placement: {unhashed}"
+    assert not declared, f"keys declared observation/placement that change a stage: {declared}"
+
+
+def test_observation_and_placement_keys_are_the_documented_ones():
+    leaves = flatten(load_config(None, BASE).to_dict())
+    roles = {k: role(k) for k in leaves if role(k)}
+    assert {k for k, r in roles.items() if r == OBSERVATION} == {
+        "experiment",
+        "pretrain.val_every",
+        "pretrain.ckpt_every",
+        "pretrain.log_every",
+        "pretrain.sample_tokens",
+        "pretrain.ckpt_keep",
+        "pretrain.zeroshot_tasks",
+        "pretrain.zeroshot_examples",
+        "finetune.ckpt_every",
+    }
+    assert {k for k, r in roles.items() if r == PLACEMENT} == {
+        "pretrain.strategy",
+        "pretrain.devices",
+        "pretrain.num_nodes",
+        "pretrain.launcher",
+        "pretrain.activation_checkpointing",
+        "fanout.runner",
+        "fanout.max_concurrency",
+        "fanout.address",
+        "fanout.threads_per_stage",
+    }
+
+
+def test_data_seed_and_precision_are_in_the_finetune_key(tmp_path):
+    """The bugs this issue named: a no_pretraining variant's training subset follows `seed`; precision counts."""
+    base = ["ablations=[no_pretraining]", "finetune.tasks=[sst2]", "finetune.seeds=[1]", "finetune.max_examples=50"]
+    name = "finetune[sst2-no_pretraining-seed1]"
+
+    def digest(*extra: str) -> str:
+        return stage_digests(load_config(None, [*base, *extra]), tmp_path)[name]
+
+    assert digest("seed=1") != digest("seed=2")
+    assert digest("pretrain.precision=32-true") != digest("pretrain.precision=bf16-mixed")
