@@ -10,9 +10,9 @@ from gpt.config import load_config
 from gpt.model import GPT, GPTConfig, save_model
 from gpt.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer
 from tasks import evaluate, finetune
+from tasks.definition import StageEnv
 from tasks.plan import build_plan
 from tasks.pretrain import MODEL_DIR
-from tasks.definition import StageEnv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
