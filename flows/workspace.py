@@ -8,6 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def private_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/gptflow` (or ~/.cache/gptflow), readable and writable by this user only."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptflow"
+    with contextlib.suppress(OSError):
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)
+    return root
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Paths and tracking URIs of a workspace; real servers win when their env vars are set."""
@@ -124,12 +133,16 @@ class Workspace:
         defaults = {
             "PREFECT_HOME": str(self.root / "prefect"),
             "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(self.root / "prefect" / "results"),
+            # Results are cloudpickle records: gptflow's cache is the stage manifest, so none is written or read.
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
             # The embedded API server takes ~27 s to start on 2 cores; the default limit is 20 s.
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "true",
             "MLFLOW_DISABLE_TELEMETRY": "true",
-            "TORCHINDUCTOR_CACHE_DIR": str(self.root / "cache" / "inductor"),
+            # Inductor's compile cache is read back with pickle: it lives in a private per-user folder,
+            # never in the workspace, which a team may share (anyone who can write it could run code).
+            "TORCHINDUCTOR_CACHE_DIR": str(private_cache_dir() / "torchinductor"),
         }
         for key, value in defaults.items():
             os.environ.setdefault(key, value)

@@ -85,6 +85,7 @@ class StageDef:
     resumable: bool = False  # its partial directory holds checkpoints worth keeping across a killed run
     retries: int = 0  # Prefect retries (network fetches); training stages resume from checkpoints instead
     keyed_on_inputs: bool = True  # False: upstream only orders it (the report reads MLflow, not files)
+    per_run: bool = False  # keyed by the pipeline run it belongs to: every run computes its own
     fans_out: bool = False  # independent per-variant stages that may run at once (fanout:)
     registers: bool = False  # a computed stage registers a model in the MLflow Model Registry
 

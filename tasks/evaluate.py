@@ -42,7 +42,8 @@ def plan_evaluate(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     out = []
     for variant in variants(cfg):
         r = recipe(cfg, variant)
-        section = EvaluateSection(task_input(variant.task, cfg, ctx.digests), r.max_examples, r.max_len, cfg.seed)
+        task = task_input(variant.task, cfg, ctx.digests, ("dev", "test"))
+        section = EvaluateSection(task, r.max_examples, r.max_len, cfg.seed)
         out.append(
             Planned(f"evaluate[{variant.name}]", section, [f"finetune[{variant.name}]", "tokenizer"], variant.name)
         )

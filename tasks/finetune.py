@@ -57,13 +57,13 @@ class FinetuneSection:
     init_files: dict[str, str] = field(default_factory=dict)  # its files -> sha256
 
 
-def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache) -> TaskInput:
-    """The task of a variant, with the content of a custom task's local (or mirror) files."""
+def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache, splits: tuple[str, ...]) -> TaskInput:
+    """The task of a variant, with the content of the custom task's local (or mirror) files of `splits`."""
     tc = cfg.tasks.get(name)
     if tc is None:
         return TaskInput(name)
     files = {}
-    for split in ("train", "dev", "test"):
+    for split in splits:
         source = getattr(tc, split)
         if source is None or source.startswith(("https://", "http://")):  # pinned by its #sha256
             continue
@@ -87,7 +87,9 @@ def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCac
     """What the variant's `finetune` stage computes from (and its key hashes)."""
     r = replace(recipe(cfg, variant), tasks=[variant.task], seeds=None, per_task={})
     seed = cfg.seed if variant.seed is None else variant.seed
-    section = FinetuneSection(task_input(variant.task, cfg, digests), r, seed, cfg.seed, cfg.pretrain.precision)
+    splits = ("train", "dev") if r.early_stopping_patience or r.select_best else ("train",)  # dev: scored per epoch
+    task = task_input(variant.task, cfg, digests, splits)
+    section = FinetuneSection(task, r, seed, cfg.seed, cfg.pretrain.precision)
     if r.init == "scratch":
         section.model = cfg.model
     elif r.init != "pretrained":  # a model directory: keyed by its content, not its path

@@ -136,6 +136,8 @@ def describe(plan: list[Stage], selected: list[Stage], forced: set[str], deep: b
             status, why = "skipped", "not selected by --only/--from"
         elif stage.name in forced:
             status, why = "to run", "forced by --force/--from"
+        elif stage.definition.per_run:
+            status, why = "to run", "each run writes its own"
         elif status == "done":
             why = "reused"
         elif status == "waiting":

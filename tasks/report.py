@@ -50,4 +50,5 @@ DEFINITION = StageDef(
     instances=plan_report,
     compute=compute,
     keyed_on_inputs=False,
+    per_run=True,
 )

@@ -52,3 +52,24 @@ def shards(tmp_path_factory) -> tuple[Path, int]:
     enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
     encode_corpus(d / "corpus.jsonl", enc, d, 0.1, seed=0)
     return d, enc.n_vocab
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One temporary Prefect API for the whole module (each CLI run would otherwise start its own)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.api_server import drain_clients, start_server, stop_server
+
+    home = tmp_path_factory.mktemp("prefect")
+    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_RESULTS_LOCAL_STORAGE_PATH")}
+    os.environ.update(PREFECT_HOME=str(home), PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "results"))
+    proc, url = start_server(120)
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+            drain_clients()
+    finally:
+        stop_server(proc)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

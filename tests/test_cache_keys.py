@@ -206,3 +206,73 @@ def test_data_seed_and_precision_are_in_the_finetune_key(tmp_path):
 
     assert digest("seed=1") != digest("seed=2")
     assert digest("pretrain.precision=32-true") != digest("pretrain.precision=bf16-mixed")
+
+
+def corpus_digest(source: str, tmp_path: Path) -> str:
+    (corpus,) = [
+        s for s in build_plan(load_config(None, [f"corpus.source={source}"]), tmp_path / "a") if s.kind == "corpus"
+    ]
+    return corpus.section_digest()
+
+
+def test_local_corpus_files_folders_and_globs_are_keyed_by_content(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("one document\n")
+    (folder / "b.txt").write_text("another document\n")
+    keys = {src: corpus_digest(src, tmp_path) for src in (str(folder), f"{folder}/*.txt", str(folder / "a.txt"))}
+    (folder / "a.txt").write_text("one document, edited\n")
+    assert all(corpus_digest(src, tmp_path) != key for src, key in keys.items())  # an edit: every form sees it
+    before = corpus_digest(str(folder), tmp_path)
+    (folder / "c.txt").write_text("a new file\n")
+    assert corpus_digest(str(folder), tmp_path) != before  # a file added to the folder
+    assert corpus_digest("tinyshakespeare", tmp_path) == corpus_digest("tinyshakespeare", tmp_path)  # pinned by name
+
+
+def test_custom_task_files_and_init_model_dirs_are_keyed_by_content(task_files, tmp_path):
+    import shutil
+
+    def digests(*extra: str) -> dict[str, str]:
+        return stage_digests(load_config(None, [*BASE, *task_files, *extra]), tmp_path)
+
+    before = digests()
+    train = tmp_path / "train.csv"
+    train.write_text(train.read_text().replace("number 0,neg", "number 0,pos"))
+    after = digests()
+    assert {n for n in before if before[n] != after[n]} == {"finetune[reviews]"}  # evaluate reads only dev
+    (tmp_path / "dev.csv").write_text((tmp_path / "dev.csv").read_text() + "one more,pos\n")
+    again = digests()
+    assert {n for n in after if after[n] != again[n]} == {"evaluate[reviews]"}  # no early stopping: only it reads dev
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    name = "finetune[sst2]"
+    first = digests(f"finetune.init={model}")[name]
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert digests(f"finetune.init={model}")[name] != first
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(model, moved)
+    assert digests(f"finetune.init={moved}")[name] == digests(f"finetune.init={model}")[name]  # content, not path
+
+
+def test_an_unreadable_input_stops_before_compute_naming_it(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+    from tasks import content
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("text\n")
+    real_open = open
+
+    def deny(path, *args, **kwargs):
+        if str(path).endswith("a.txt"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(content, "open", deny, raising=False)
+    code = main(["run", "--workspace", str(tmp_path / "ws"), "--set", f"corpus.source={folder}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{folder / 'a.txt'}: cannot read it" in err[0], err
+    assert not (tmp_path / "ws" / "artifacts").exists() or not list((tmp_path / "ws" / "artifacts").rglob("*.partial"))
