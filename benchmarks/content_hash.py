@@ -138,18 +138,19 @@ def time_pipeline(args: argparse.Namespace, folder: Path) -> None:
     first = run("populating run")
     if not memory.exists():
         print(f"warning: {memory} was not written; the CLI may not use tasks.content yet")
-    memory.unlink(missing_ok=True)
-    without = run("cached rerun without digests.json")  # hashes every corpus file, and saves the memory again
-    if not memory.exists():
-        print(f"warning: {memory} was not written again; the next run is not a remembered one")
-    with_memory = run("cached rerun with digests.json")
+    without, with_memory = [], []
+    for i in range(args.rounds):  # alternating, so drift on a shared machine hits both alike
+        memory.unlink(missing_ok=True)
+        without.append(run(f"round {i + 1}: cached rerun without digests.json"))  # hashes every corpus file
+        with_memory.append(run(f"round {i + 1}: cached rerun with digests.json"))
     print(f"\npipeline ({args.pipeline}, workspace {ws})")
-    print("| run | s |")
-    print("|---|---|")
-    print(f"| populating run | {first:.1f} |")
-    print(f"| cached rerun, digests.json deleted | {without:.1f} |")
-    print(f"| cached rerun, digests.json present | {with_memory:.1f} |")
-    print(f"ratio without/with: {without / with_memory:.2f}")
+    print("| round | digests.json deleted (s) | digests.json present (s) | difference = hashing (s) |")
+    print("|---|---|---|---|")
+    for i, (a, b) in enumerate(zip(without, with_memory, strict=True)):
+        print(f"| {i + 1} | {a:.1f} | {b:.1f} | {a - b:.1f} |")
+    mw, mm = statistics.median(without), statistics.median(with_memory)
+    print(f"| median | {mw:.1f} | {mm:.1f} | {mw - mm:.1f} |")
+    print(f"populating run: {first:.1f} s; cached rerun ratio without/with digests: {mw / mm:.2f}")
 
 
 def main() -> None:

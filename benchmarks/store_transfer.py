@@ -19,10 +19,11 @@ from pathlib import Path
 
 from tasks.remote_store import RemoteStore
 from tasks.stage import Stage, commit
+from tasks.stages import BY_KIND
 
 
 def make_stage(workspace: Path) -> Stage:
-    return Stage("encode", "encode", {"bench": 1}, [], [], "1", workspace / "artifacts")
+    return Stage("encode", BY_KIND["encode"], {"bench": 1}, [], workspace / "artifacts")
 
 
 def build(workspace: Path, mb: int, files: int) -> Stage:

@@ -44,16 +44,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpt.config import ConfigError
+from tasks.locks import pid_alive
+from tasks.stage import MANIFEST, PARTIAL_RECORD
+from tasks.stages import DEFINITIONS, VERSIONS
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"  # tasks.stage.MANIFEST
-PARTIAL_RECORD = ".gptflow-partial.json"  # tasks.stage.PARTIAL_RECORD: kind, key, version, upstream of a partial
-# Kinds whose partial directory holds checkpoints to resume from (StageDef.resumable).
-RESUMABLE_KINDS = frozenset({"pretrain", "finetune"})
+# Kinds whose partial directory holds checkpoints to resume from.
+RESUMABLE_KINDS = frozenset(d.kind for d in DEFINITIONS if d.resumable)
 PIPELINE_FILTER = "tags.`gptflow.kind` = 'pipeline'"
 PAGE = 1000  # max_results per MLflow search page
 
@@ -174,16 +175,6 @@ def is_held(path: Path) -> bool:
     finally:
         os.close(fd)  # releases the test lock at once
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -345,8 +336,6 @@ def tracking_client(tracking_uri: str) -> MlflowClient | None:
 
 
 def _current_versions() -> dict[str, str]:
-    from tasks.plan import VERSIONS
-
     return dict(VERSIONS)
 
 
@@ -410,7 +399,7 @@ def find_garbage(
                 reason = "older copy of a rebuilt stage, no run reads it"
                 garbage.append(Garbage(path, d.kind, path.name, 0, reason, key, REPLACED))
         for key, path, pid in d.leftovers:
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 reason = f"leftover of an interrupted gc (pid {pid})"
                 garbage.append(Garbage(path, d.kind, path.name, 0, reason, key, LEFTOVER))
         for key, path in d.corrupt:
@@ -503,7 +492,7 @@ def _move_aside(g: Garbage) -> tuple[Path | None, str]:
     """Rename a directory entry to `<name>.gc-<pid>` under its key's flocks; (None, why) when it must stay."""
     if g.category == LEFTOVER:
         pid = int(_LEFTOVER.match(g.path.name)["pid"])  # type: ignore[index]
-        return (None, f"gc process {pid} is running") if _pid_alive(pid) else (g.path, "")
+        return (None, f"gc process {pid} is running") if pid_alive(pid) else (g.path, "")
     guards = [g.path.parent / f"{g.key}{suffix}" for suffix in _GUARDS[g.category]]
     with _exclusive(guards) as busy:
         if busy is not None:

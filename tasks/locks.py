@@ -74,3 +74,14 @@ def shared_locks(paths: list[Path]) -> Iterator[None]:
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -159,7 +159,7 @@ class RemoteStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise StoreError(
                 f"stage '{stage.name}' in the store {self.stage_url(stage)} is corrupt: {problems[0]}; "
-                f"recompute it and replace the store's copy with --force {stage.name}"
+                f"recompute it and replace the store's copy with --rebuild {stage.name}"
             )
         os.rename(target, stage.dir)
         staging.rmdir()

@@ -1,15 +1,19 @@
 """Content-addressed stage directories: key, status, atomic commit, manifest, verification.
 
-A stage writes into `<artifacts>/<kind>/<key>.partial/` (a fixed name, so an interrupted training
-stage finds its checkpoints again) and is renamed to `<artifacts>/<kind>/<key>/` with a
-`manifest.json` once complete. A directory counts as done only when its manifest is there and
-every file it lists is present with its recorded size; `verify(deep=True)` also re-hashes them
-(sha256), which `gptflow stages --verify` does and a computing stage does for its inputs.
-Sizes are checked always because a stat is free; hashing a multi-GB checkpoint on every cached
-rerun is not, and a content change that keeps the size can only come from outside gptflow.
+A stage (one node of the plan: its definition, typed section and upstream stages) writes into
+`<artifacts>/<kind>/<key>.partial/` (a fixed name, so an interrupted training stage finds its
+checkpoints again) and is renamed to `<artifacts>/<kind>/<key>/` with a `manifest.json` once
+complete. Its key hashes its kind, code version, hashed section and the *output digests* of its
+upstream stages (see tasks/definition.py), so it is known once those are done. A directory counts as
+done only when its manifest is there and every file it lists is present with its recorded size;
+`verify(deep=True)` also re-hashes them (sha256), which `gptflow stages --verify` does and a
+computing stage does for its inputs. Sizes are checked always because a stat is free; hashing a
+multi-GB checkpoint on every cached rerun is not.
 
-After each commit `<kind>/latest-<name>.json` records the key and inputs of the last completed
-run of that stage name, so `gptflow stages` can say *why* a stage is stale.
+A finished directory is replaced only at commit, by a complete new one (a forced rebuild), and only
+once no run reading it holds its `readers` lock. After each commit `<kind>/latest-<name>.json`
+records the key and inputs of the last completed run of that stage name, so `gptflow stages` can say
+*why* a stage is stale.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from tasks.locks import pid_alive
 from tasks.stage import Stage
 
 
@@ -59,12 +60,8 @@ def _owner_alive(tags: dict[str, str]) -> bool:
     if tags.get("gptflow.host") != socket.gethostname() or not tags.get("gptflow.pid", "").isdigit():
         return True
     pid = int(tags["gptflow.pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     return _start_ticks(pid) == (tags.get("gptflow.pid_start") or _start_ticks(pid))
 
 

@@ -82,7 +82,7 @@ def test_pull_refuses_a_store_copy_whose_sha256_does_not_match(tmp_path):
     with pytest.raises(StoreError) as err:
         store.pull(b)
     message = str(err.value)
-    assert "model/weights.bin does not match its sha256" in message and "--force pretrain" in message
+    assert "model/weights.bin does not match its sha256" in message and "--rebuild pretrain" in message
     assert store.stage_url(b) in message and "\n" not in message
     assert not b.dir.exists() and not (b.dir.parent / f"{b.key}.pull").exists()
     assert ckpt.read_bytes() == b"checkpoint"
