@@ -10,7 +10,6 @@ thread runner each slot has a worker process of its own that computes its stages
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Iterator
@@ -23,16 +22,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows.stage_book import INTERRUPTS, StageBook
 from gpt.config import FanoutConfig
 from tasks.child_process import Placement, stage_workers, stop_workers
+from tasks.placement import visible_gpus
 from tasks.stage import Stage
-
-
-def visible_gpus() -> int:
-    """NVIDIA GPUs this process may use, without importing torch (a cached rerun never does)."""
-    devices = len(glob.glob("/dev/nvidia[0-9]*"))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        devices = min(devices, len([d for d in visible.split(",") if d.strip()]))
-    return devices
 
 
 def concurrency(cfg: FanoutConfig) -> int:
@@ -123,7 +114,7 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
                         pending.remove(stage)
                         slot = free.pop(0)
                         placement = Placement(threads, slot if own_workers else None)
-                        child = book.tracker.start_child(stage)
+                        child = book.begin(stage)
                         task, params = book.call(stage, child, placement)
                         if own_workers and book.computes(stage):
                             start_worker(slot)

@@ -13,6 +13,8 @@ from prefect.states import State
 
 from gpt.config import ExperimentConfig
 from tasks.child_process import Placement
+from tasks.content import DIGESTS_FILE
+from tasks.locks import shared_locks
 from tasks.registry import register_stage_model
 from tasks.runner import BAD_INPUT, CACHED, stage_env, stage_task
 from tasks.stage import Stage
@@ -36,13 +38,18 @@ class StageBook:
     def call(self, stage: Stage, child: str, placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
         """The Prefect task for `stage` and its parameters: the stage (its section is all it computes
         from), where to log, whether it is forced, and where it computes."""
-        env = stage_env(stage, child, self.tracker.tracking_uri, self.downloads)
+        env = stage_env(stage, child, self.tracker.tracking_uri, self.downloads, self.downloads.parent / DIGESTS_FILE)
         params = {"stage": stage, "env": env, "force": stage.name in self.forced, "placement": placement}
         return stage_task(stage), params
 
+    def begin(self, stage: Stage) -> str:
+        """Pin the stage's key to the upstream outputs there are now, and open its MLflow child run."""
+        stage.pin()
+        return self.tracker.start_child(stage)
+
     def run_inline(self, stage: Stage) -> str | None:
         """Run `stage` in the flow's thread; returns a bad-input message, or None when it finished."""
-        child = self.tracker.start_child(stage)
+        child = self.begin(stage)
         try:
             task, params = self.call(stage, child)
             state = task(**params, return_state=True)
@@ -76,10 +83,12 @@ class StageBook:
             self.tracker.fail(child, e, "KILLED" if isinstance(e, INTERRUPTS) else "FAILED")
             raise
         cached = state.name == CACHED or not result["computed"]
-        if not cached:
-            self.tracker.log_artifacts(child, [stage.dir / a for a in result["artifacts"]])
-        self.tracker.finish_child(child, stage, stage.manifest(), cached)
-        if stage.definition.registers:  # pretrain, evaluate[task]
-            register_stage_model(self.tracker.client, self.cfg.experiment, stage, child, cached)
+        reading = [stage.readers_path, *(u.readers_path for u in stage.upstream_stages)]
+        with shared_locks(reading):  # what is logged and registered is not rebuilt meanwhile
+            if not cached:
+                self.tracker.log_artifacts(child, [stage.dir / a for a in result["artifacts"]])
+            self.tracker.finish_child(child, stage, stage.manifest(), cached)
+            if stage.definition.registers:  # pretrain, evaluate[task]
+                register_stage_model(self.tracker.client, self.cfg.experiment, stage, child, cached)
         self.outcome[stage.name] = "cached" if cached else "computed"
         return None

@@ -131,6 +131,16 @@ class PretrainConfig:
     activation_checkpointing: bool = placement(False, "fsdp: recompute each Transformer block in the backward pass")
     launcher: str = placement("", "command prefix starting the training job's ranks, e.g. srun or torchrun ...")
 
+    def accumulation(self, block_size: int, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step so a step sees about `tokens_per_step` tokens on all ranks (1: unset)."""
+        if self.tokens_per_step is None:
+            return 1
+        return max(1, round(self.tokens_per_step / (self.batch_size * block_size * world_size)))
+
+    def global_batch(self, block_size: int, world_size: int) -> int:
+        """Windows per optimizer step over all ranks: what a step trains on, whatever the device count."""
+        return self.accumulation(block_size, world_size) * world_size * self.batch_size
+
 
 @dataclass
 class FinetuneOverrides:

@@ -136,10 +136,7 @@ def resolve_precision(precision: str) -> str:
 
 def accumulation(cfg: PretrainConfig, block_size: int, world_size: int = 1) -> int:
     """Micro-batches per optimizer step so a step sees about `tokens_per_step` tokens over all ranks (1 if unset)."""
-    if cfg.tokens_per_step is None:
-        return 1
-    per_micro_batch = cfg.batch_size * block_size * world_size
-    return max(1, round(cfg.tokens_per_step / per_micro_batch))
+    return cfg.accumulation(block_size, world_size)
 
 
 def training_strategy(cfg: PretrainConfig) -> str | Strategy:

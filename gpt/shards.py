@@ -277,7 +277,7 @@ def open_shard(shard_dir: Path, split: str, verify: bool = True) -> np.memmap:
         found = "missing" if actual is None else f"{actual} bytes"
         raise ShardError(
             f"token shard {path} is truncated or corrupt: shards.json says {info['tokens']} {dtype.name} tokens "
-            f"({expected} bytes), found {found}; rerun the encode stage (--force encode)"
+            f"({expected} bytes), found {found}; rebuild the encode stage (--rebuild encode)"
         )
     if verify:
         stat = path.stat()
@@ -285,7 +285,7 @@ def open_shard(shard_dir: Path, split: str, verify: bool = True) -> np.memmap:
         if digest != info["sha256"]:
             raise ShardError(
                 f"token shard {path} is corrupt: expected sha256 {info['sha256']}, got {digest}; "
-                f"rerun the encode stage (--force encode)"
+                f"rebuild the encode stage (--rebuild encode)"
             )
     return np.memmap(path, dtype=dtype, mode="r")
 

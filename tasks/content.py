@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes read per call
 RACY_NS = 2_000_000_000  # a file modified this close to the time it is hashed is not remembered
-FORMAT = 1  # version of the JSON memory file
+FORMAT = 2  # version of the JSON memory file (2: entries hold ctime_ns)
 DIGESTS_FILE = "digests.json"  # the memory file, in the workspace root
 
 
@@ -62,7 +62,7 @@ def _hash_open_file(f: IO[bytes]) -> tuple[str, int]:
 def _valid_entry(entry: Any) -> bool:
     return (
         isinstance(entry, dict)
-        and all(type(entry.get(k)) is int for k in ("size", "mtime_ns", "ino"))
+        and all(type(entry.get(k)) is int for k in ("size", "mtime_ns", "ino", "ctime_ns"))
         and isinstance(entry.get("sha256"), str)
         and len(entry["sha256"]) == 64
     )
@@ -125,7 +125,8 @@ class DigestCache:
         key = str(path.resolve())
         memory = self._entries()
         entry = memory.get(key)
-        if entry is not None and (entry["size"], entry["mtime_ns"], entry["ino"]) == _signature(before):
+        signature = (entry["size"], entry["mtime_ns"], entry["ino"], entry["ctime_ns"]) if entry else None
+        if signature is not None and signature == _signature(before):
             with self._lock:
                 self.stats.remembered_files += 1
             return entry["sha256"]
@@ -153,8 +154,8 @@ class DigestCache:
             self.stats.hashed_files += 1
             self.stats.hashed_bytes += nbytes
             if before.st_mtime_ns <= now_ns - RACY_NS:  # else racy: hash it again next time
-                size, mtime_ns, ino = _signature(before)
-                new = {"size": size, "mtime_ns": mtime_ns, "ino": ino, "sha256": digest}
+                size, mtime_ns, ino, ctime_ns = _signature(before)
+                new = {"size": size, "mtime_ns": mtime_ns, "ino": ino, "ctime_ns": ctime_ns, "sha256": digest}
                 memory[key] = new
                 self._updated[key] = new
         return digest
@@ -217,8 +218,9 @@ def _stat(path: Path) -> os.stat_result:
         raise ContentError(f"{path}: cannot read it ({e.strerror or e})") from e
 
 
-def _signature(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ino
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What must be unchanged to trust a remembered digest; ctime catches a rewrite that restored the mtime."""
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 def check_listing_unchanged(before: list[Path], after: list[Path], label: str) -> None:
@@ -229,3 +231,14 @@ def check_listing_unchanged(before: list[Path], after: list[Path], label: str) -
     changes = [f"added {p}" for p in sorted(new - old)] + [f"removed {p}" for p in sorted(old - new)]
     example = changes[0] + (f" and {len(changes) - 1} more" if len(changes) > 1 else "")
     raise ContentError(f"{label}: files were added or removed while it was being hashed ({example})")
+
+
+def check_unchanged(planned: dict[str, str], now: dict[str, str], what: str) -> None:
+    """Raise ContentError when the files a stage reads are not those its key hashed when the run was planned.
+
+    Hours can pass between planning and a fine-tune's start: a file edited meanwhile must not be
+    computed under the key of its old content.
+    """
+    changed = sorted(k for k in set(planned) | set(now) if planned.get(k) != now.get(k))
+    if changed:
+        raise ContentError(f"{what}: {changed[0]} changed since this run was planned; run again")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gpt.config import CorpusConfig, ExperimentConfig
 from gpt.sources import CATALOG, MIRROR_SCHEME, resolve_local, resolve_mirror
-from tasks.content import DigestCache, check_listing_unchanged
+from tasks.content import DigestCache, check_listing_unchanged, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
 CORPUS_FILE = "corpus.jsonl"
@@ -54,6 +54,7 @@ def compute(section: CorpusSection, inputs: dict[str, Path], out: Path, env: Sta
     """Write `corpus.jsonl`; report documents, bytes, characters and what cleaning changed or dropped."""
     from gpt.corpus import Cleaning, build_corpus, corpus_sources
 
+    check_unchanged(section.files, source_digests(section.corpus, env.digest_cache()), env.name)
     c = section.corpus
     cleaning = Cleaning(c.strip_gutenberg, c.fix_unicode, c.normalize_whitespace, c.lowercase, c.dedup)
     mixture = [(source, weight) for _, source, weight in corpus_sources(c)]

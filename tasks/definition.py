@@ -39,6 +39,13 @@ class StageEnv:
     run_id: str | None  # the stage's MLflow child run
     tracking_uri: str | None
     cache_dir: Path  # downloads shared by all stages of the workspace
+    digests: Path | None = None  # the workspace's remembered file digests (re-checking local inputs is cheap)
+
+    def digest_cache(self) -> DigestCache:
+        """The workspace's digest memory, to re-check local inputs before they are read."""
+        from tasks.content import DigestCache
+
+        return DigestCache(self.digests)
 
 
 @dataclass

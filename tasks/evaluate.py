@@ -76,6 +76,7 @@ def compute(section: EvaluateSection, inputs: dict[str, Path], out: Path, env: S
     from gpt.tasks_metrics import compute_metrics, confusion, predictions
     from gpt.tokenizer import load_tokenizer
 
+    section.task.check_unchanged(env.digest_cache(), env.name)
     spec = get_task(section.task.name, section.task.custom())
     enc = load_tokenizer(inputs["tokenizer"])
     finetuned = next(path for name, path in inputs.items() if name.startswith("finetune["))

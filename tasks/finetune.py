@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from gpt.config import CustomTaskConfig, ExperimentConfig, FinetuneConfig, ModelConfig
 from gpt.sources import MIRROR_SCHEME, resolve_mirror
 from gpt.tasks_recipe import Variant, recipe, variants
-from tasks.content import ContentError, DigestCache
+from tasks.content import ContentError, DigestCache, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
+from tasks.placement import device_kind
 from tasks.pretrain import MODEL_DIR
 
 if TYPE_CHECKING:
@@ -42,6 +43,15 @@ class TaskInput:
         """The custom-task table `gpt.benchmarks.get_task` takes."""
         return {self.name: self.config} if self.config else {}
 
+    def check_unchanged(self, digests: DigestCache, what: str) -> None:
+        """Raise ContentError if a local file of the task changed since the run was planned."""
+        check_unchanged(self.files, {source: digests.file(task_file(source)) for source in self.files}, what)
+
+
+def task_file(source: str) -> Path:
+    """The local file a custom task's split source names (a path or `mirror://...`)."""
+    return resolve_mirror(source)[0] if source.startswith(MIRROR_SCHEME) else Path(source).expanduser()
+
 
 @dataclass
 class FinetuneSection:
@@ -52,6 +62,7 @@ class FinetuneSection:
     seed: int  # head init, batch order, dropout
     data_seed: int  # the seeded subset `max_examples` keeps (the experiment's seed, shared by the variants)
     precision: str  # `pretrain.precision`: fine-tuning runs in the numeric format of pretraining
+    device: str  # gpu | cpu: where it trains (numerics; what `precision: auto` becomes)
     model: ModelConfig | None = None  # the architecture, when starting from scratch
     init_dir: str | None = location()  # the model directory, when `recipe.init` is `model_dir`
     init_files: dict[str, str] = field(default_factory=dict)  # its files -> sha256
@@ -67,8 +78,7 @@ def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache, splits: t
         source = getattr(tc, split)
         if source is None or source.startswith(("https://", "http://")):  # pinned by its #sha256
             continue
-        path = resolve_mirror(source)[0] if source.startswith(MIRROR_SCHEME) else Path(source).expanduser()
-        files[source] = digests.file(path)
+        files[source] = digests.file(task_file(source))
     return TaskInput(name, tc, files)
 
 
@@ -89,7 +99,8 @@ def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCac
     seed = cfg.seed if variant.seed is None else variant.seed
     splits = ("train", "dev") if r.early_stopping_patience or r.select_best else ("train",)  # dev: scored per epoch
     task = task_input(variant.task, cfg, digests, splits)
-    section = FinetuneSection(task, r, seed, cfg.seed, cfg.pretrain.precision)
+    device = device_kind("auto")  # fine-tuning trains on whatever this machine has
+    section = FinetuneSection(task, r, seed, cfg.seed, cfg.pretrain.precision, device)
     if r.init == "scratch":
         section.model = cfg.model
     elif r.init != "pretrained":  # a model directory: keyed by its content, not its path
@@ -153,6 +164,10 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
     from gpt.tokenizer import load_tokenizer
     from tasks.mlflow_logger import stage_logger
 
+    cache = env.digest_cache()
+    section.task.check_unchanged(cache, env.name)
+    if section.init_dir is not None:
+        check_unchanged(section.init_files, init_digests(Path(section.init_dir), cache), env.name)
     ft = section.recipe
     spec = get_task(section.task.name, section.task.custom())
     enc = load_tokenizer(inputs["tokenizer"])

@@ -15,7 +15,7 @@ from typing import Any
 
 from gpt.config import OBSERVATION, CustomTaskConfig, ExperimentConfig, ModelConfig, PretrainConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
-from tasks.stage import StageError
+from tasks.errors import StageError
 
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.txt"
@@ -31,6 +31,8 @@ class PretrainSection:
     model: ModelConfig
     pretrain: PretrainConfig
     seed: int
+    device: str  # gpu | cpu (`accelerator` resolved): numerics, and what `precision: auto` / `compile` become
+    global_batch: int  # windows per optimizer step over all ranks (`batch_size` × ranks unless `tokens_per_step`)
     zeroshot_custom: dict[str, CustomTaskConfig] = field(
         default_factory=dict, metadata={"role": OBSERVATION, "why": "custom tasks scored zero-shot (logged only)"}
     )
@@ -38,8 +40,12 @@ class PretrainSection:
 
 def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `pretrain` stage reading the token shards and the tokenizer."""
-    custom = {n: cfg.tasks[n] for n in cfg.pretrain.zeroshot_tasks if n in cfg.tasks}
-    section = PretrainSection(cfg.model, cfg.pretrain, cfg.seed, custom)
+    from tasks.placement import device_kind, planned_world_size
+
+    p = cfg.pretrain
+    custom = {n: cfg.tasks[n] for n in p.zeroshot_tasks if n in cfg.tasks}
+    global_batch = p.global_batch(cfg.model.block_size, planned_world_size(p))
+    section = PretrainSection(cfg.model, p, cfg.seed, device_kind(p.accelerator), global_batch, custom)
     return [Planned("pretrain", section, ["encode", "tokenizer"])]
 
 

@@ -21,25 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import PretrainConfig, from_dict
-from tasks.stage import StageError
+from tasks.errors import StageError
+from tasks.placement import planned_world_size
 
 SPEC_FILE, RESULT_FILE, LOG_FILE = "worker_spec.json", "worker_result.json", "worker.log"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def planned_world_size(cfg: PretrainConfig) -> int:
-    """Processes Lightning will start for `devices` x `num_nodes` (`auto` on CPU is one device)."""
-    devices = str(cfg.devices).strip()
-    if devices in ("auto", "-1"):
-        import torch
-
-        gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        per_node = torch.cuda.device_count() if gpu else 1
-    elif "," in devices or devices.startswith("["):
-        per_node = len([d for d in devices.strip("[]").split(",") if d.strip()])
-    else:
-        per_node = int(devices)
-    return max(1, per_node) * cfg.num_nodes
 
 
 def needs_worker(cfg: PretrainConfig) -> bool:

@@ -50,6 +50,7 @@ def check_inputs_intact(upstream: list[Stage]) -> None:
 def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | None) -> dict[str, Any]:
     store = RemoteStore.from_env()  # the shared copy of finished stages (--store / GPTFLOW_STORE), if any
     with file_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
+        stage.recover_replaced()
         if not force and stage.is_done():  # done before we asked, or by the run we waited for
             if store:
                 store.push(stage)  # a no-op when the store has it already
@@ -60,7 +61,12 @@ def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | No
             get_run_logger().info(f"{stage.name}: reused from {store.stage_url(stage)}")
             return {"dir": str(stage.dir), "computed": False, "artifacts": []}
         upstream = stage.upstream_stages if stage.definition.keyed_on_inputs else []
-        with shared_locks([u.readers_path for u in upstream]):
+        with shared_locks([u.readers_path for u in upstream]):  # no rebuild swaps an input until committed
+            changed = stage.inputs_changed()
+            if changed:
+                raise StageError(
+                    f"{', '.join(changed)} was rebuilt by another run since this stage was planned; run again"
+                )
             check_inputs_intact(upstream)
             out_dir = stage.prepare_partial(fresh=force)
             for aside in stage.set_aside_broken_checkpoints():
@@ -73,7 +79,7 @@ def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | No
                 out = compute_stage(stage, inputs, out_dir, env)
             else:
                 out = compute_placed(stage, inputs, out_dir, env, placement)
-        commit(stage, out.summary, out.info, env.run_id, started)  # replaces a forced stage's old copy only now
+            commit(stage, out.summary, out.info, env.run_id, started)  # replaces a forced stage's old copy only now
         if store:
             store.push(stage, overwrite=force)
         return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
@@ -102,6 +108,6 @@ def stage_task(stage: Stage) -> Any:
     return run_stage.with_options(name=stage.kind, task_run_name=stage.name, retries=stage.definition.retries)
 
 
-def stage_env(stage: Stage, run_id: str | None, tracking_uri: str | None, cache_dir: Path) -> StageEnv:
+def stage_env(stage: Stage, run_id: str | None, tracking_uri: str | None, cache_dir: Path, digests: Path) -> StageEnv:
     """The run environment of a stage's compute (no config: that is all in its section)."""
-    return StageEnv(stage.name, run_id, tracking_uri, cache_dir)
+    return StageEnv(stage.name, run_id, tracking_uri, cache_dir, digests)

@@ -36,18 +36,11 @@ from gpt.shards import ShardError
 from gpt.sources import SourceError
 from tasks.content import ContentError
 from tasks.definition import StageDef, key_view
+from tasks.errors import KeyPending, StageError
 from tasks.locks import file_lock
 
 MANIFEST = "manifest.json"
 PARTIAL_RECORD = ".gptflow-partial.json"  # what a partial directory is for (kind, key, version); gc reads it
-
-
-class StageError(RuntimeError):
-    """A stage directory is unusable (corrupt, foreign, unwritable); the message names it and the fix."""
-
-
-class KeyPending(StageError):
-    """A stage's key is not known yet: it hashes the outputs of an upstream stage that is not done."""
 
 
 # Output digests of finished directories, by (manifest path, its stat): a key is asked for often.
@@ -64,6 +57,7 @@ class Stage:
     upstream_stages: list[Stage]
     artifacts_root: Path
     task: str | None = None  # the variant, for per-task stages
+    pinned: dict[str, str] | None = None  # upstream output digests this run computes from (see `pin`)
 
     @property
     def kind(self) -> str:
@@ -86,8 +80,28 @@ class Stage:
         """Hash of what this stage itself contributes to its key: kind, code version, hashed section."""
         return hash_json({"kind": self.kind, "version": self.version, "section": self.section_record()})
 
+    def pin(self) -> str:
+        """Fix the key for this run from the upstream outputs on disk now, and return it.
+
+        A stage's directory, lock, manifest and MLflow tag must all name one key, even if another
+        run rebuilds an upstream stage meanwhile; the compute checks (under the inputs' reader locks)
+        that the inputs are still the pinned ones (`inputs_changed`).
+        """
+        self.pinned = None
+        self.pinned = self.upstream_outputs()
+        return self.key
+
+    def inputs_changed(self) -> list[str]:
+        """Upstream stages whose outputs on disk are no longer the ones this stage's key was pinned to."""
+        if self.pinned is None:
+            return []
+        now = {u.name: u.output_digest() for u in self.upstream_stages if u.name in self.pinned}
+        return [name for name, digest in self.pinned.items() if now.get(name) != digest]
+
     def upstream_outputs(self) -> dict[str, str]:
-        """Each upstream stage's output digest; raises KeyPending when one is not done."""
+        """Each upstream stage's output digest (the pinned ones once pinned); raises KeyPending when one is not done."""
+        if self.pinned is not None:
+            return dict(self.pinned)
         if not self.definition.keyed_on_inputs:
             return {}
         out = {}
@@ -118,12 +132,12 @@ class Stage:
         path = self.dir / MANIFEST
         try:  # the manifest records the digest; a file damaged since is caught before a stage reads it
             st = path.stat()
-        except FileNotFoundError:
+            memo = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+            if memo not in _output_digests:
+                manifest = json.loads(path.read_text())
+                _output_digests[memo] = manifest.get("outputs") or outputs_digest(manifest["files"], ("**",))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or unreadable: not done
             return None
-        memo = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
-        if memo not in _output_digests:
-            manifest = json.loads(path.read_text())
-            _output_digests[memo] = manifest.get("outputs") or outputs_digest(manifest["files"], ("**",))
         return _output_digests[memo]
 
     @property
@@ -204,6 +218,17 @@ class Stage:
             self.partial_dir / PARTIAL_RECORD, {"stage": self.name, "kind": self.kind, **self.inputs_record()}
         )
         return self.partial_dir
+
+    def recover_replaced(self) -> bool:
+        """Put back a finished copy set aside by a rebuild that died between its two renames (lock held)."""
+        if self.dir.exists():
+            return False
+        aside = sorted(self.dir.parent.glob(f"{self.key}.replaced-*"))
+        if not aside or not (aside[-1] / MANIFEST).is_file():
+            return False
+        os.rename(aside[-1], self.dir)
+        fsync_dir(self.dir.parent)
+        return True
 
     def set_aside_broken_checkpoints(self) -> list[Path]:
         """Move checkpoints of the partial directory that are not intact zip archives to `<key>.<name>.corrupt`.
@@ -333,10 +358,9 @@ def commit(
     `started_at` (epoch seconds) is when the compute began, so the manifest holds the compute's span.
     """
     partial = stage.partial_dir
-    (partial / PARTIAL_RECORD).unlink(missing_ok=True)
     files = {}
     for p in sorted(partial.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
+        if p.is_file() and p.name not in (MANIFEST, PARTIAL_RECORD):  # the record goes only once it is in place
             files[str(p.relative_to(partial))] = {"sha256": _sha256(p, sync=True), "bytes": p.stat().st_size}
     for d in sorted({p.parent for p in partial.rglob("*")} | {partial}):
         fsync_dir(d)
@@ -362,6 +386,7 @@ def commit(
     else:
         os.rename(partial, stage.dir)
     fsync_dir(stage.dir.parent)
+    (stage.dir / PARTIAL_RECORD).unlink(missing_ok=True)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)  # what is left of it, `gptflow gc` lists
     write_json_atomic(stage.latest_path, stage.inputs_record())

@@ -26,6 +26,7 @@ BASE = [
     "finetune.tasks=[sst2, reviews]",
     "finetune.per_task={sst2: {lr: 0.001}}",
     "pretrain.zeroshot_tasks=[sst2]",
+    "pretrain.tokens_per_step=8192",  # a fixed global batch: devices and nodes only spread it (4 x 8 x 256 tokens)
 ]
 
 # Values for leaves a generic change (+1, x0.5, not) would make invalid or leave meaningless.

@@ -37,6 +37,7 @@ def test_digest_is_sha256_and_remembered_across_processes(tmp_path):
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
             "ino": st.st_ino,
+            "ctime_ns": st.st_ctime_ns,
             "sha256": hashlib.sha256(data).hexdigest(),
         }
     }
@@ -251,3 +252,19 @@ def test_unwritable_memory_is_skipped_silently(tmp_path, monkeypatch):
     cache.save()
     assert not memory.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_in_place_rewrite_that_restores_the_mtime_is_seen(tmp_path):
+    """`rsync --inplace -t` keeps size, mtime and inode; the changed ctime still gives it away."""
+    f = write_old(tmp_path / "a.txt", b"abc")
+    memory = tmp_path / "digests.json"
+    first = DigestCache(memory)
+    old = first.file(f)
+    first.save()
+    st = f.stat()
+    time.sleep(0.01)
+    with open(f, "r+b") as handle:  # same inode, same size
+        handle.write(b"abd")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the mtime put back
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_ino == st.st_ino
+    assert DigestCache(memory).file(f) == hashlib.sha256(b"abd").hexdigest() != old

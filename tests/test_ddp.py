@@ -84,9 +84,11 @@ def test_device_placement_keeps_the_pretrain_cache_key(micro_config, tmp_path):
         plan = build_plan(load_config(micro_config, list(overrides)), tmp_path)
         return next(s.section_digest() for s in plan if s.name == "pretrain")
 
+    fixed = "pretrain.tokens_per_step=4096"  # 8 windows x 64 tokens x 8 ranks: the same global batch anywhere
     placed = ["pretrain.devices=4", "pretrain.strategy=fsdp", "pretrain.num_nodes=2", "pretrain.launcher=srun"]
-    assert key(*placed) == key()
-    assert key("pretrain.tokens_per_step=4096") != key()
+    assert key(fixed, *placed) == key(fixed)
+    assert key("pretrain.tokens_per_step=8192") != key(fixed)
+    assert key("pretrain.devices=4") != key()  # without tokens_per_step the global batch grows with the ranks
 
 
 def test_bad_placement_is_a_config_error_before_compute(micro_config):
@@ -107,12 +109,14 @@ def test_bad_placement_is_a_config_error_before_compute(micro_config):
 )
 def test_training_job_failures_are_one_line_stage_errors(micro_config, tmp_path, launcher, message):
     from gpt.config import load_config
+    from tasks.plan import build_plan
     from tasks.pretrain_worker import run_worker
     from tasks.stage import StageError
 
     cfg = load_config(micro_config, [f"pretrain.launcher={launcher}"])
+    (pretrain,) = [s for s in build_plan(cfg, tmp_path / "artifacts") if s.name == "pretrain"]
     with pytest.raises(StageError) as err:
-        run_worker(cfg, tmp_path, tmp_path, tmp_path / "out", None, None, tmp_path)
+        run_worker(pretrain.section, tmp_path, tmp_path, tmp_path / "out", None, None, tmp_path)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -38,12 +38,12 @@ def test_groups_split_the_plan_into_fan_out_runs_and_the_rest():
 
 
 def test_default_concurrency_is_one_per_gpu_else_one(monkeypatch):
-    monkeypatch.setattr("flows.fanout.glob.glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia2"])
+    monkeypatch.setattr("tasks.placement.glob.glob", lambda pattern: ["/dev/nvidia0", "/dev/nvidia1", "/dev/nvidia2"])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert visible_gpus() == 3 and concurrency(FanoutConfig()) == 3
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
     assert concurrency(FanoutConfig()) == 2
-    monkeypatch.setattr("flows.fanout.glob.glob", lambda pattern: [])
+    monkeypatch.setattr("tasks.placement.glob.glob", lambda pattern: [])
     assert concurrency(FanoutConfig()) == 1 and not concurrent(FanoutConfig())
     assert concurrency(FanoutConfig(max_concurrency=4)) == 4 and concurrent(FanoutConfig(max_concurrency=4))
     monkeypatch.setattr("flows.fanout.os.cpu_count", lambda: 16)
@@ -163,6 +163,9 @@ class FakeBook:
 
     def computes(self, stage):
         return False  # nothing to compute: no worker processes in these tests
+
+    def begin(self, stage):
+        return self.tracker.start_child(stage)
 
     def call(self, stage, child, placement):
         return (lambda name: name), {"stage": stage, "placement": placement}
