@@ -2,7 +2,8 @@
 
 Its key hashes local source files by content: the resolved file list of each local file, folder or
 glob (`mirror://` included) with each file's sha256, so an edited or added file makes the stage
-stale. Catalog, `https://...#sha256=` and `hf://...&revision=` sources are pinned by their name.
+stale. Catalog sources are keyed by the sha256 the catalog pins for their files; `https://...#sha256=`
+and `hf://...&revision=` sources are pinned by their name.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class CorpusSection:
 
     corpus: CorpusConfig
     files: dict[str, str] = field(default_factory=dict)  # local source file -> sha256
+    catalog: dict[str, list[str]] = field(default_factory=dict)  # catalog source -> its files' pinned sha256
 
 
 def local_files(source: str) -> list[Path]:
@@ -47,7 +49,10 @@ def source_digests(corpus: CorpusConfig, digests: DigestCache) -> dict[str, str]
 
 def plan_corpus(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `corpus` stage, keyed by the cleaning options and the local sources' content."""
-    return [Planned("corpus", CorpusSection(cfg.corpus, source_digests(cfg.corpus, ctx.digests)), [])]
+    from gpt.corpus import corpus_sources
+
+    catalog = {s: [f.sha256 for f in CATALOG[s]] for _, s, _ in corpus_sources(cfg.corpus) if s in CATALOG}
+    return [Planned("corpus", CorpusSection(cfg.corpus, source_digests(cfg.corpus, ctx.digests), catalog), [])]
 
 
 def compute(section: CorpusSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:

@@ -377,6 +377,8 @@ def find_garbage(
                 reason = f"partial of {d.kind} version {record.get('version')} (current {current})"
             elif d.kind not in RESUMABLE_KINDS:
                 reason = f"partial of {d.kind}, a data stage: a rerun starts it from scratch"
+            elif key in d.stages:
+                reason = "partial of a finished stage (a forced recompute that did not finish): nothing resumes it"
             else:  # resumable work of the current code: kept, and with it what it reads
                 roots.add((d.kind, key))
                 upstream = record.get("upstream")

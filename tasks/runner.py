@@ -40,9 +40,10 @@ def _retryable(task: Any, task_run: Any, state: State) -> bool:
 
 
 def check_inputs_intact(upstream: list[Stage]) -> None:
-    """Re-hash the upstream files a computing stage is about to read; raise StageError naming a bad one."""
+    """Re-hash the upstream files a computing stage is about to read (their `outputs`; the rest by size only),
+    and raise StageError naming a bad one. Checkpoints, which nothing downstream reads, are not re-read."""
     for stage in upstream:
-        problems = verify_dir(stage.dir, deep=True)
+        problems = verify_dir(stage.dir, deep=True, patterns=stage.definition.outputs)
         if problems:
             raise StageError(corrupt_message(stage, problems[0]))
 

@@ -17,12 +17,16 @@ class TokenizerSection:
     """The tokenizer config (GPT-2's ranks need none of it: `kind: gpt2` alone)."""
 
     tokenizer: TokenizerConfig
+    gpt2_ranks: str | None = None  # sha256 the catalog pins for GPT-2's rank file (`kind: gpt2`)
 
 
 def plan_tokenizer(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `tokenizer` stage: trained on the corpus, or GPT-2's fixed ranks (no upstream)."""
     if cfg.tokenizer.kind == "gpt2":
-        return [Planned("tokenizer", TokenizerSection(TokenizerConfig(kind="gpt2")), [])]
+        from gpt.sources import CATALOG
+
+        (ranks,) = CATALOG["gpt2_bpe"]
+        return [Planned("tokenizer", TokenizerSection(TokenizerConfig(kind="gpt2"), ranks.sha256), [])]
     return [Planned("tokenizer", TokenizerSection(cfg.tokenizer), ["corpus"])]
 
 

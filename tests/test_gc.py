@@ -222,6 +222,8 @@ def test_partials_of_the_current_training_code_are_kept_others_listed(ws, client
     partial("pretrain", "norecord", None)
     partial("corpus", "data", {"version": VERSIONS["corpus"]})
     partial("finetune", "busy", {"version": "0"})
+    make_stage(ws, "pretrain", "forced")  # finished, and a forced recompute of it died: nothing resumes that
+    partial("pretrain", "forced", {"version": VERSIONS["pretrain"]})
     with held(art / "finetune" / "busy.lock"):
         items = find_garbage(art, client)
     reasons = {g.what: g.reason for g in items}
@@ -229,8 +231,10 @@ def test_partials_of_the_current_training_code_are_kept_others_listed(ws, client
         "old.partial": f"partial of finetune version 0 (current {VERSIONS['finetune']})",
         "norecord.partial": "partial from an older gptflow",
         "data.partial": "partial of corpus, a data stage: a rerun starts it from scratch",
+        "forced.partial": "partial of a finished stage (a forced recompute that did not finish): nothing resumes it",
+        "forced": "not used by the last 5 runs of any experiment, a registered model or a running run",
     }  # the resumable partial and its input E are kept; so is the one being computed
-    assert {g.category for g in items} == {"partial"}
+    assert {g.category for g in items} == {"partial", "stage"}
     assert all(g.bytes == sum(f.stat().st_size for f in g.path.rglob("*")) for g in items)
 
 
