@@ -11,9 +11,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.gc_command import add_gc_parser, cmd_gc
 from flows.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tasks.content import DigestCache
 from gpt.config import ExperimentConfig, load_config
 
 
@@ -151,12 +155,15 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     """Validate everything cheap first, then start the Prefect flow on a temporary API tied to this process."""
+    from tasks.content import DigestCache
     from tasks.plan import build_plan, check_inputs, check_stages, select
     from tasks.stage import StageError
 
     cfg = _load(args)
     check_inputs(cfg)
-    plan = build_plan(cfg, ws.artifacts)
+    digests = DigestCache(ws.digests)
+    plan = build_plan(cfg, ws.artifacts, digests=digests)
+    _report_hashing(digests)
     check_stages(plan, *select(plan, args.only, args.from_stage, args.force, args.rebuild))
     ws.check_writable()
     ws.check_tracking()
@@ -188,6 +195,17 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
         print(f"  {name:<24} {outcome}")
     print(f"artifacts: {result['artifacts']}\nopen the UI with: gptflow ui --workspace {ws.root}")
     return 0
+
+
+def _report_hashing(digests: DigestCache) -> None:
+    """One line on what keying local inputs by content cost (nothing when there are none)."""
+    s = digests.stats
+    if s.files:
+        print(
+            f"local inputs: {s.files} files keyed by content in {s.seconds:.2f} s "
+            f"({s.hashed_files} read, {s.hashed_bytes / 1e6:.1f} MB; {s.remembered_files} remembered unchanged)",
+            file=sys.stderr,
+        )
 
 
 def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
