@@ -66,11 +66,13 @@ def test_fanout_keys_do_not_change_stage_keys():
 
 
 def evaluations(ws: Path) -> dict[str, dict]:
-    """Each evaluate stage's dev summary, by task directory, from the stage manifests."""
-    return {
-        p.parent.name: json.loads(p.read_text())["summary"]
-        for p in sorted((ws / "artifacts" / "evaluate").glob("*/manifest.json"))
-    }
+    """Each evaluate stage's dev summary, by stage name, from its newest manifest.
+
+    By name, not key: fine-tunes on one thread each (fan-out) may differ from two-thread ones in the last
+    float bits, and an evaluate stage's key hashes its fine-tune's weights (early cutoff).
+    """
+    manifests = [json.loads(p.read_text()) for p in (ws / "artifacts" / "evaluate").glob("*/manifest.json")]
+    return {m["stage"]: m["summary"] for m in sorted(manifests, key=lambda m: m["completed_at"])}
 
 
 def finetune_spans(ws: Path) -> dict[str, tuple[float, float]]:
