@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -339,8 +340,12 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never part of it."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write JSON so that readers see the old file or the whole new one, never part of it.
+
+    The temporary file's name is the writer's own: two runs recording the same file at once (the
+    `latest-report.json` of concurrent runs) must not rename each other's temporary away.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         f.write(json.dumps(obj, indent=2, default=str))
         f.flush()
