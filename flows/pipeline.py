@@ -56,7 +56,7 @@ def pipeline(
     parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), tags)
     plan = build_plan(cfg, ws.artifacts, run_id=parent, digests=digests)  # the report stage describes this run
     selected, forced = select(plan, only, from_stage, force, rebuild)
-    book = StageBook(tracker, cfg, plan, forced, ws.downloads)
+    book = StageBook(tracker, cfg, plan, forced, ws)
     status = "FAILED"
     try:
         for parallel, stages in groups(selected):

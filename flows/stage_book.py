@@ -5,18 +5,18 @@ All MLflow bookkeeping stays in the flow's thread, whichever task runner compute
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect.exceptions import TerminationSignal
 from prefect.states import State
 
+from flows.workspace import Workspace
 from gpt.config import ExperimentConfig
 from tasks.child_process import Placement
-from tasks.content import DIGESTS_FILE
+from tasks.definition import StageEnv
 from tasks.locks import shared_locks
 from tasks.registry import register_stage_model
-from tasks.runner import BAD_INPUT, CACHED, stage_env, stage_task
+from tasks.runner import BAD_INPUT, CACHED, stage_task
 from tasks.stage import Stage
 from tasks.tracking import Tracker
 
@@ -26,8 +26,8 @@ INTERRUPTS = (KeyboardInterrupt, SystemExit, TerminationSignal)
 class StageBook:
     """Starts stages' child runs, builds their task calls, and records how each one ended."""
 
-    def __init__(self, tracker: Tracker, cfg: ExperimentConfig, plan: list[Stage], forced: set[str], downloads: Path):
-        self.tracker, self.cfg, self.forced, self.downloads = tracker, cfg, forced, downloads
+    def __init__(self, tracker: Tracker, cfg: ExperimentConfig, plan: list[Stage], forced: set[str], ws: Workspace):
+        self.tracker, self.cfg, self.forced, self.ws = tracker, cfg, forced, ws
         self.by_name = {s.name: s for s in plan}
         self.outcome: dict[str, str] = {}
 
@@ -38,7 +38,7 @@ class StageBook:
     def call(self, stage: Stage, child: str, placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
         """The Prefect task for `stage` and its parameters: the stage (its section is all it computes
         from), where to log, whether it is forced, and where it computes."""
-        env = stage_env(stage, child, self.tracker.tracking_uri, self.downloads, self.downloads.parent / DIGESTS_FILE)
+        env = StageEnv(stage.name, child, self.tracker.tracking_uri, self.ws.downloads, self.ws.digests)
         params = {"stage": stage, "env": env, "force": stage.name in self.forced, "placement": placement}
         return stage_task(stage), params
 

@@ -15,7 +15,6 @@ traceback, and a retry for stages that fetch from the network).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -107,8 +106,3 @@ def run_stage(stage: Stage, env: StageEnv, force: bool = False, placement: Place
 def stage_task(stage: Stage) -> Any:
     """`run_stage` named after the stage, with its definition's retries."""
     return run_stage.with_options(name=stage.kind, task_run_name=stage.name, retries=stage.definition.retries)
-
-
-def stage_env(stage: Stage, run_id: str | None, tracking_uri: str | None, cache_dir: Path, digests: Path) -> StageEnv:
-    """The run environment of a stage's compute (no config: that is all in its section)."""
-    return StageEnv(stage.name, run_id, tracking_uri, cache_dir, digests)
