@@ -1,6 +1,6 @@
 """Pretraining throughput: the real `pretrain` code path against a bare PyTorch loop.
 
-The real path is `gpt.pretrain.pretrain` (Lightning Trainer, checkpoint/throughput/NaN callbacks,
+The real path is `gpt.train.pretrain.pretrain` (Lightning Trainer, checkpoint/throughput/NaN callbacks,
 progress bar) logging to the stage's MLflow logger over a temporary SQLite store. The bare loop
 trains the same model (same init, AdamW groups, schedule, clipping, precision, compile) on the same
 batches. Rounds alternate the two; steady-state tokens/s is timed from step `--warmup` to the end.
@@ -32,14 +32,14 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt.callbacks import measure_peak_flops  # noqa: E402
 from gpt.config import PretrainConfig, load_config  # noqa: E402
-from gpt.lm_data import RandomWindows  # noqa: E402
-from gpt.model import GPT, GPTConfig  # noqa: E402
-from gpt.optim import adamw, warmup_cosine  # noqa: E402
-from gpt.pretrain import accumulation, pretrain, resolve_precision  # noqa: E402
-from gpt.shards import encode_corpus  # noqa: E402
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe  # noqa: E402
+from gpt.data.shards import encode_corpus  # noqa: E402
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe  # noqa: E402
+from gpt.data.windows import RandomWindows  # noqa: E402
+from gpt.model.transformer import GPT, GPTConfig  # noqa: E402
+from gpt.train.callbacks import measure_peak_flops  # noqa: E402
+from gpt.train.optim import adamw, warmup_cosine  # noqa: E402
+from gpt.train.pretrain import accumulation, pretrain, resolve_precision  # noqa: E402
 
 WORDS = ("the", "king", "a", "cat", "sea", "lived", "by", "once", "upon", "time", "story", "told", "of", "and")
 

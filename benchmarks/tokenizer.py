@@ -2,7 +2,7 @@
 
 Prints, for one vocab size on this machine:
   - BPE training: rustbpe (what the `tokenizer` stage uses) vs HF tokenizers' BpeTrainer, same text;
-  - encode throughput: the `encode` stage (`gpt.shards.encode_corpus`, JSONL in, shards out) vs raw
+  - encode throughput: the `encode` stage (`gpt.data.shards.encode_corpus`, JSONL in, shards out) vs raw
     tiktoken `encode_ordinary_batch` (with as many threads) on the same documents and encoding, and
     vs HF tokenizers' `encode_batch` with its own BPE of the same vocab size;
   - peak RSS of encoding a corpus of `--size-mb` built by repeating the books, in a fresh
@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpt.corpus import build_corpus, read_documents  # noqa: E402
-from gpt.shards import encode_corpus  # noqa: E402
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
+from gpt.data.corpus import build_corpus, read_documents  # noqa: E402
+from gpt.data.shards import encode_corpus  # noqa: E402
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
 
 
 def timed(fn):

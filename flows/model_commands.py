@@ -28,7 +28,7 @@ def _check_sampling(args: argparse.Namespace) -> None:
 
 def generate_command(args: argparse.Namespace, ws: Workspace, out: TextIO) -> int:
     """Resolve the model and its tokenizer, then write the prompt and each new token to `out` as it comes."""
-    from gpt.tokenizer import META_FILE
+    from gpt.data.tokenizer import META_FILE
 
     _check_sampling(args)
     model_dir = resolve_model_dir(args.model, ws)
@@ -38,9 +38,9 @@ def generate_command(args: argparse.Namespace, ws: Workspace, out: TextIO) -> in
 
     import torch
 
-    from gpt.generate import stream_tokens
-    from gpt.model import load_model
-    from gpt.tokenizer import load_tokenizer
+    from gpt.data.tokenizer import load_tokenizer
+    from gpt.model.generate import stream_tokens
+    from gpt.model.transformer import load_model
 
     enc = load_tokenizer(tok_dir)
     model = load_model(model_dir)
@@ -69,7 +69,7 @@ def generate_command(args: argparse.Namespace, ws: Workspace, out: TextIO) -> in
 
 def import_hf_command(args: argparse.Namespace) -> int:
     """HF `openai-gpt`/`gpt2` checkpoint dir -> gptflow model dir; prints what was imported."""
-    from gpt.hf import ConversionError, import_hf
+    from gpt.model.hf import ConversionError, import_hf
 
     try:
         model = import_hf(args.src, args.out)
@@ -83,7 +83,7 @@ def import_hf_command(args: argparse.Namespace) -> int:
 
 def export_hf_command(args: argparse.Namespace, ws: Workspace) -> int:
     """gptflow model (dir, stage dir or run id) -> HF checkpoint dir."""
-    from gpt.hf import ConversionError, export_hf
+    from gpt.model.hf import ConversionError, export_hf
 
     try:
         export_hf(resolve_model_dir(args.model, ws), args.out)

@@ -483,7 +483,7 @@ def _check_ranges(obj: Any, where: str, prefix: str) -> None:
         if not ok(value):
             raise ConfigError(f"{where}: config key '{prefix}{name}' must be {requirement}, got {value!r}")
     if isinstance(obj, CustomTaskConfig):  # columns per task type, label set vs regression, metric names
-        from gpt.custom_tasks import check_task_config
+        from gpt.downstream.custom import check_task_config
 
         check_task_config(obj, where, prefix.rstrip("."))
     if isinstance(obj, PretrainConfig) and obj.strategy.startswith(("fsdp", "deepspeed")) and obj.accelerator == "cpu":

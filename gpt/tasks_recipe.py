@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from gpt.config import ConfigError, ExperimentConfig, FinetuneConfig
-from gpt.tasks_spec import SENTIMENT_VERBALIZERS
+from gpt.downstream.spec import SENTIMENT_VERBALIZERS
 
 ABLATIONS = {"no_pretraining": {"init": "scratch"}, "no_aux_lm": {"aux_lm_weight": 0.0}}
 
@@ -60,8 +60,8 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
 
     Raises ConfigError naming the key, or TaskDataError naming the file and column.
     """
-    from gpt.benchmarks import get_task
-    from gpt.custom_tasks import check_custom_task
+    from gpt.downstream.builtin import get_task
+    from gpt.downstream.custom import check_custom_task
 
     for i, name in enumerate(cfg.finetune.tasks):
         try:

@@ -169,7 +169,7 @@ def _data(client: MlflowClient, parent: Run, stages: dict[str, Run], tmp: Path) 
     tok_run = stages.get("tokenizer")
     tok_dir = download(client, tok_run, "", tmp / "tokenizer") if tok_run else None
     if tok_dir and (tok_dir / "tokenizer.json").is_file():
-        from gpt.tokenizer import load_tokenizer
+        from gpt.data.tokenizer import load_tokenizer
 
         enc = load_tokenizer(tok_dir)
         ids = enc.encode_ordinary(SAMPLE_TEXT)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpt.config import CorpusConfig, ExperimentConfig
-from gpt.sources import CATALOG, MIRROR_SCHEME, resolve_local, resolve_mirror
+from gpt.data.sources import CATALOG, MIRROR_SCHEME, resolve_local, resolve_mirror
 from tasks.content import DigestCache, check_listing_unchanged, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
@@ -37,7 +37,7 @@ def local_files(source: str) -> list[Path]:
 
 def source_digests(corpus: CorpusConfig, digests: DigestCache) -> dict[str, str]:
     """sha256 of each local file the corpus reads; a folder that changes while it is hashed is an error."""
-    from gpt.corpus import corpus_sources
+    from gpt.data.corpus import corpus_sources
 
     out: dict[str, str] = {}
     for _, source, _ in corpus_sources(corpus):
@@ -49,7 +49,7 @@ def source_digests(corpus: CorpusConfig, digests: DigestCache) -> dict[str, str]
 
 def plan_corpus(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `corpus` stage, keyed by the cleaning options and the local sources' content."""
-    from gpt.corpus import corpus_sources
+    from gpt.data.corpus import corpus_sources
 
     catalog = {s: [f.sha256 for f in CATALOG[s]] for _, s, _ in corpus_sources(cfg.corpus) if s in CATALOG}
     return [Planned("corpus", CorpusSection(cfg.corpus, source_digests(cfg.corpus, ctx.digests), catalog), [])]
@@ -57,7 +57,7 @@ def plan_corpus(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
 
 def compute(section: CorpusSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Write `corpus.jsonl`; report documents, bytes, characters and what cleaning changed or dropped."""
-    from gpt.corpus import Cleaning, build_corpus, corpus_sources
+    from gpt.data.corpus import Cleaning, build_corpus, corpus_sources
 
     check_unchanged(section.files, source_digests(section.corpus, env.digest_cache()), env.name)
     c = section.corpus

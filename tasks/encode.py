@@ -29,8 +29,8 @@ def compute(section: EncodeSection, inputs: dict[str, Path], out: Path, env: Sta
     Reports token counts, the tokenizer's compression on the val split (bytes per token) and the
     encoding throughput.
     """
-    from gpt.shards import META_FILE, encode_corpus
-    from gpt.tokenizer import load_tokenizer
+    from gpt.data.shards import META_FILE, encode_corpus
+    from gpt.data.tokenizer import load_tokenizer
 
     enc = load_tokenizer(inputs["tokenizer"])
     corpus = inputs["corpus"] / CORPUS_FILE

@@ -21,7 +21,7 @@ from tasks.finetune import TASK_MODEL_DIR, TaskInput, load_split, task_input
 if TYPE_CHECKING:
     import torch
 
-    from gpt.tasks_spec import Example, TaskSpec
+    from gpt.downstream.spec import Example, TaskSpec
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion.json"
@@ -71,10 +71,10 @@ def compute(section: EvaluateSection, inputs: dict[str, Path], out: Path, env: S
     """Predict and score the dev split (and a labelled test split) with torchmetrics."""
     import torch
 
-    from gpt.benchmarks import get_task
-    from gpt.finetune import load_task_model, predict
-    from gpt.tasks_metrics import compute_metrics, confusion, predictions
-    from gpt.tokenizer import load_tokenizer
+    from gpt.data.tokenizer import load_tokenizer
+    from gpt.downstream.builtin import get_task
+    from gpt.downstream.metrics import compute_metrics, confusion, predictions
+    from gpt.train.finetune import load_task_model, predict
 
     section.task.check_unchanged(env.digest_cache(), env.name)
     spec = get_task(section.task.name, section.task.custom())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpt.config import CustomTaskConfig, ExperimentConfig, FinetuneConfig, ModelConfig
-from gpt.sources import MIRROR_SCHEME, resolve_mirror
+from gpt.data.sources import MIRROR_SCHEME, resolve_mirror
 from gpt.tasks_recipe import Variant, recipe, variants
 from tasks.content import ContentError, DigestCache, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
@@ -23,9 +23,9 @@ from tasks.pretrain import MODEL_DIR
 if TYPE_CHECKING:
     import tiktoken
 
-    from gpt.model import GPT
-    from gpt.tasks_spec import Example, TaskSpec
-    from gpt.transforms import EncodedExample
+    from gpt.downstream.spec import Example, TaskSpec
+    from gpt.downstream.transforms import EncodedExample
+    from gpt.model.transformer import GPT
 
 TASK_MODEL_DIR = "task_model"
 MODEL_DIR_INIT = "model_dir"  # `recipe.init` when fine-tuning starts from a model directory (`init_dir`)
@@ -40,7 +40,7 @@ class TaskInput:
     files: dict[str, str] = field(default_factory=dict)  # local train/dev/test file -> sha256
 
     def custom(self) -> dict[str, CustomTaskConfig]:
-        """The custom-task table `gpt.benchmarks.get_task` takes."""
+        """The custom-task table `gpt.downstream.builtin.get_task` takes."""
         return {self.name: self.config} if self.config else {}
 
     def check_unchanged(self, digests: DigestCache, what: str) -> None:
@@ -130,8 +130,8 @@ def load_split(
     max_len: int,
 ) -> tuple[list[Example], list[EncodedExample]]:
     """A task split, capped to `max_examples` (a seeded subset), and its encoded form."""
-    from gpt.tasks_spec import cap_examples
-    from gpt.transforms import encode_examples
+    from gpt.downstream.spec import cap_examples
+    from gpt.downstream.transforms import encode_examples
 
     examples = cap_examples(spec.load(split, cache_dir), max_examples, seed)
     return examples, encode_examples(examples, spec.type, enc, max_len)
@@ -142,8 +142,8 @@ def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: i
     directory (e.g. from `gptflow import-hf`), its embedding grown for the special tokens it lacks."""
     import torch
 
-    from gpt.finetune import extend_vocab
-    from gpt.model import GPT, GPTConfig, load_model
+    from gpt.model.transformer import GPT, GPTConfig, load_model
+    from gpt.train.finetune import extend_vocab
 
     init = section.recipe.init
     if init == "pretrained":
@@ -159,9 +159,9 @@ def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: i
 
 def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Fine-tune on the task's train split (dev-scored each epoch when early stopping/best selection is on)."""
-    from gpt.benchmarks import get_task
-    from gpt.finetune import TaskModel, finetune, save_task_model
-    from gpt.tokenizer import load_tokenizer
+    from gpt.data.tokenizer import load_tokenizer
+    from gpt.downstream.builtin import get_task
+    from gpt.train.finetune import TaskModel, finetune, save_task_model
     from tasks.mlflow_logger import stage_logger
 
     cache = env.digest_cache()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpt.config import ConfigError, ExperimentConfig
-from gpt.corpus import check_corpus_sources
-from gpt.sources import SourceError
+from gpt.data.corpus import check_corpus_sources
+from gpt.data.sources import SourceError
 from gpt.tasks_recipe import check_task_inputs
 from tasks.content import DIGESTS_FILE, DigestCache
 from tasks.definition import PlanContext

@@ -53,7 +53,7 @@ def sample_text(model: Any, enc: Any, n_tokens: int, seed: int) -> str:
     """A continuation of each of PROMPTS, with its own RNG so training's RNG stream is untouched."""
     import torch
 
-    from gpt.generate import generate
+    from gpt.model.generate import generate
 
     gen = torch.Generator().manual_seed(seed)
     samples = []
@@ -104,9 +104,9 @@ def train(
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from gpt.model import GPTConfig, save_model
-    from gpt.pretrain import pretrain
-    from gpt.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
+    from gpt.data.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
+    from gpt.model.transformer import GPTConfig, save_model
+    from gpt.train.pretrain import pretrain
     from tasks.mlflow_logger import stage_logger
 
     p = section.pretrain
@@ -115,7 +115,7 @@ def train(
     logger = stage_logger(tracking_uri, run_id)
     callbacks = [sample_logger(enc, p.sample_tokens, section.seed), *(extra_callbacks or [])]
     if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
-        from gpt.zeroshot import zeroshot_callback
+        from gpt.downstream.zeroshot import zeroshot_callback
 
         zeroshot = zeroshot_callback(
             p.zeroshot_tasks, enc, cache_dir, p.zeroshot_examples, section.seed, section.zeroshot_custom

@@ -17,17 +17,17 @@ class GPTflowModel(mlflow.pyfunc.PythonModel):
     """A pretrained GPT or a fine-tuned task model, with the tokenizer it was trained with."""
 
     def load_context(self, context: Any) -> None:
-        from gpt.tokenizer import load_tokenizer
+        from gpt.data.tokenizer import load_tokenizer
 
         self.enc = load_tokenizer(context.artifacts["tokenizer"])
         model_dir = Path(context.artifacts["model"])
         self.is_task = (model_dir / "task_model.json").is_file()
         if self.is_task:
-            from gpt.finetune import load_task_model
+            from gpt.train.finetune import load_task_model
 
             self.model = load_task_model(model_dir)
         else:
-            from gpt.model import load_model
+            from gpt.model.transformer import load_model
 
             self.model = load_model(model_dir)
 
@@ -36,7 +36,7 @@ class GPTflowModel(mlflow.pyfunc.PythonModel):
 
         if self.is_task:
             return classify(self.model, self.enc, [[f.strip() for f in t.split("|||")] for t in model_input])
-        from gpt.generate import generate
+        from gpt.model.generate import generate
 
         n = int((params or {}).get("max_new_tokens", 32))
         prompts = [self.enc.encode_ordinary(t) for t in model_input]

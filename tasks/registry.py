@@ -39,9 +39,9 @@ class RegistryError(ConfigError):
 
 def classify(model: Any, enc: Any, inputs: list[list[str]]) -> list[dict[str, Any]]:
     """Class probabilities (or, for a regression head, the score) of a TaskModel for raw inputs."""
-    from gpt.benchmarks import Example
-    from gpt.finetune import predict
-    from gpt.transforms import encode_examples
+    from gpt.downstream.builtin import Example
+    from gpt.downstream.transforms import encode_examples
+    from gpt.train.finetune import predict
 
     examples = [Example(tuple(fields), 0) for fields in inputs]
     encoded = encode_examples(examples, model.task_type, enc, model.gpt.config.block_size)
@@ -138,8 +138,8 @@ def register_stage_model(
         return register_model(
             client, f"{experiment}-pretrained", run_id, stage.dir / "model", tokenizer, ("final_val_loss", value, False)
         )
-    from gpt.benchmarks import get_task
-    from gpt.tasks_metrics import HIGHER_IS_BETTER
+    from gpt.downstream.builtin import get_task
+    from gpt.downstream.metrics import HIGHER_IS_BETTER
 
     metric = get_task(task, stage.section.task.custom()).metric
     finetune = next(u.dir for u in stage.upstream_stages if u.kind == "finetune")
@@ -193,9 +193,9 @@ def predict_text(uri: str, task: str, fields: list[str], tracking_uri: str | Non
 
     Returns {"label": name, "probabilities": {name: p}}; label names come from the task when known.
     """
-    from gpt.benchmarks import get_task
-    from gpt.finetune import load_task_model
-    from gpt.tokenizer import load_tokenizer
+    from gpt.data.tokenizer import load_tokenizer
+    from gpt.downstream.builtin import get_task
+    from gpt.train.finetune import load_task_model
 
     model_dir, tok_dir = resolve_model_uri(uri, tracking_uri)
     if not (model_dir / "task_model.json").is_file():

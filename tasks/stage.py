@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import ConfigError, flatten, hash_json
-from gpt.shards import ShardError
-from gpt.sources import SourceError
+from gpt.data.shards import ShardError
+from gpt.data.sources import SourceError
 from tasks.content import ContentError
 from tasks.definition import StageDef, key_view
 from tasks.errors import KeyPending, StageError

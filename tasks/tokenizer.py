@@ -23,7 +23,7 @@ class TokenizerSection:
 def plan_tokenizer(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `tokenizer` stage: trained on the corpus, or GPT-2's fixed ranks (no upstream)."""
     if cfg.tokenizer.kind == "gpt2":
-        from gpt.sources import CATALOG
+        from gpt.data.sources import CATALOG
 
         (ranks,) = CATALOG["gpt2_bpe"]
         return [Planned("tokenizer", TokenizerSection(TokenizerConfig(kind="gpt2"), ranks.sha256), [])]
@@ -38,9 +38,9 @@ def compute(section: TokenizerSection, inputs: dict[str, Path], out: Path, env: 
     """
     from tiktoken.load import load_tiktoken_bpe
 
-    from gpt.corpus import read_documents
-    from gpt.sources import CATALOG, fetch
-    from gpt.tokenizer import GPT2_PATTERN, SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+    from gpt.data.corpus import read_documents
+    from gpt.data.sources import CATALOG, fetch
+    from gpt.data.tokenizer import GPT2_PATTERN, SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
 
     summary: dict[str, float] = {}
     tok = section.tokenizer

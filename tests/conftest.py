@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt.shards import encode_corpus
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
+from gpt.data.shards import encode_corpus
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.yaml"

@@ -25,7 +25,7 @@ TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mi
 
 def make_tokenizer(out: Path) -> Path:
     """A real byte-level BPE (300 ranks) trained on a short text and saved like the tokenizer stage does."""
-    from gpt.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+    from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
 
     ranks = train_bpe([TEXT], 300)
     save_tokenizer(build_encoding(ranks, SPLIT_PATTERN), ranks, out)
@@ -36,9 +36,9 @@ def make_models(out: Path, tok_dir: Path) -> tuple[Path, Path]:
     """(pretrained model dir, task model dir) of a tiny random GPT; the model dir carries the tokenizer files."""
     import shutil
 
-    from gpt.finetune import TaskModel, save_task_model
-    from gpt.model import GPT, GPTConfig, save_model
-    from gpt.tokenizer import load_tokenizer
+    from gpt.data.tokenizer import load_tokenizer
+    from gpt.model.transformer import GPT, GPTConfig, save_model
+    from gpt.train.finetune import TaskModel, save_task_model
 
     enc = load_tokenizer(tok_dir)
     gpt = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0))

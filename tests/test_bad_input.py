@@ -259,13 +259,13 @@ def test_checksum_mismatch(capsys, done_ws, https_server):
 
 
 def test_disk_full_while_writing_a_stage(capsys, done_ws, monkeypatch, tmp_path):
-    import gpt.corpus
+    import gpt.data.corpus
 
     def full(source, out_file, *args, **kwargs):
         Path(out_file).write_text('{"text": "half')
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_file))
 
-    monkeypatch.setattr(gpt.corpus, "build_corpus", full)
+    monkeypatch.setattr(gpt.data.corpus, "build_corpus", full)
     other = ["--set", "corpus.max_bytes=12345", "--only", "corpus"]
     fails(capsys, done_ws, *other, needle="No space left on device")
     (stage,) = [s for s in build_plan(load_config(MICRO, other[1:2]), done_ws / "artifacts") if s.name == "corpus"]

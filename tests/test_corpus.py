@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from gpt.corpus import build_corpus, decode, normalise_newlines, read_documents, strip_gutenberg
-from gpt.sources import CATALOG, SourceError, fetch, sha256_file
+from gpt.data.corpus import build_corpus, decode, normalise_newlines, read_documents, strip_gutenberg
+from gpt.data.sources import CATALOG, SourceError, fetch, sha256_file
 
 PG = (
     "The Project Gutenberg eBook\r\nheader stuff\r\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\r\n"

@@ -1,6 +1,6 @@
 """Scale-out parity on CPU: DDP with 2 processes (gloo) trains exactly like 1 process with the same global batch.
 
-The global batch of a step is the same set of windows whatever the device count (gpt/lm_data.py),
+The global batch of a step is the same set of windows whatever the device count (gpt/data/windows.py),
 DDP averages gradients over ranks, and the logged train loss is the mean over ranks, so the loss
 curves must agree to float tolerance (dropout 0). Each run goes through a script in a subprocess so
 that Lightning's subprocess launcher can start rank 1 by re-running it.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.pretrain import INITIAL_VAL_FILE, LAST_CKPT
+from gpt.train.pretrain import INITIAL_VAL_FILE, LAST_CKPT
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK, GLOBAL_BATCH, STEPS = 16, 16, 12
@@ -26,8 +26,8 @@ SCRIPT = """
 import json, os, sys
 from pathlib import Path
 from gpt.config import ModelConfig, PretrainConfig
-from gpt.model import GPTConfig
-from gpt.pretrain import pretrain
+from gpt.model.transformer import GPTConfig
+from gpt.train.pretrain import pretrain
 from tasks.mlflow_logger import stage_logger
 a = json.loads(sys.argv[1])
 gcfg = GPTConfig.from_model_config(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=a["block"], dropout=0.0),

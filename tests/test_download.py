@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt.sources import SourceError, check_source, download
+from gpt.data.sources import SourceError, check_source, download
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_https_corpus_source_needs_a_checksum(tmp_path):
 
 
 def test_https_corpus_format_follows_the_url_name(server, tmp_path):
-    from gpt.corpus import build_corpus, read_documents
+    from gpt.data.corpus import build_corpus, read_documents
 
     root, url = server
     data = b'{"text": "one"}\n{"text": "two"}\n'

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from gpt.config import FinetuneConfig
-from gpt.finetune import FinetuneModule, TaskModel, extend_vocab, finetune, predict
-from gpt.model import GPT, GPTConfig
-from gpt.tasks_spec import Example
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding
-from gpt.transforms import collate, encode_examples
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding
+from gpt.downstream.spec import Example
+from gpt.downstream.transforms import collate, encode_examples
+from gpt.model.transformer import GPT, GPTConfig
+from gpt.train.finetune import FinetuneModule, TaskModel, extend_vocab, finetune, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from gpt.config import load_config
-from gpt.model import GPT, GPTConfig, save_model
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer
+from gpt.model.transformer import GPT, GPTConfig, save_model
 from tasks import evaluate, finetune
 from tasks.definition import StageEnv
 from tasks.plan import build_plan

@@ -7,12 +7,12 @@ import torch
 from crash import Crash, CrashAt
 
 from gpt.config import FinetuneConfig
-from gpt.finetune import TaskModel, finetune
-from gpt.model import GPT, GPTConfig
-from gpt.pretrain import LAST_CKPT, RNG_KEY
-from gpt.tasks_spec import Example
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding
-from gpt.transforms import encode_examples
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding
+from gpt.downstream.spec import Example
+from gpt.downstream.transforms import encode_examples
+from gpt.model.transformer import GPT, GPTConfig
+from gpt.train.finetune import TaskModel, finetune
+from gpt.train.pretrain import LAST_CKPT, RNG_KEY
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 

@@ -7,9 +7,9 @@ from flows.cli import main
 from flows.model_ref import resolve_model_dir
 from flows.workspace import Workspace
 from gpt.config import ConfigError
-from gpt.generate import stream_tokens
-from gpt.model import GPT, GPTConfig, save_model
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+from gpt.model.generate import stream_tokens
+from gpt.model.transformer import GPT, GPTConfig, save_model
 
 DOCS = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." for i in range(30)]
 
@@ -41,7 +41,7 @@ def test_generate_from_stage_dir_and_model_dir_streams_the_same_text(stage_dir, 
 
 
 def test_stream_tokens_yields_one_token_at_a_time(stage_dir):
-    from gpt.model import load_model
+    from gpt.model.transformer import load_model
 
     model = load_model(stage_dir / "model")
     stream = stream_tokens(model, [1, 2], 50, temperature=0)

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 
-from gpt.hf import ConversionError, export_hf, import_hf  # noqa: E402
-from gpt.model import load_model  # noqa: E402
+from gpt.model.hf import ConversionError, export_hf, import_hf  # noqa: E402
+from gpt.model.transformer import load_model  # noqa: E402
 
 SMALL = {"vocab_size": 101, "n_positions": 32, "n_embd": 48, "n_layer": 2, "n_head": 3}
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gpt.config import load_config
-from gpt.generate import filter_logits, generate
-from gpt.model import GPT, GPTConfig, KVCache, load_model, save_model
+from gpt.model.generate import filter_logits, generate
+from gpt.model.transformer import GPT, GPTConfig, KVCache, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

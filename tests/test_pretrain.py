@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from gpt.config import ModelConfig, PretrainConfig
-from gpt.model import GPTConfig
-from gpt.pretrain import LAST_CKPT, accumulation, pretrain
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
+from gpt.model.transformer import GPTConfig
+from gpt.train.pretrain import LAST_CKPT, accumulation, pretrain
 
 
 def _setup(vocab: int, norm: str = "post", **train):

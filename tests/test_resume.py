@@ -12,8 +12,8 @@ import torch
 from crash import Crash, CrashAt
 
 from gpt.config import ModelConfig, PretrainConfig
-from gpt.model import GPTConfig
-from gpt.pretrain import LAST_CKPT, RNG_KEY, pretrain
+from gpt.model.transformer import GPTConfig
+from gpt.train.pretrain import LAST_CKPT, RNG_KEY, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ import json, os, signal, sys
 from pathlib import Path
 import lightning as L
 from gpt.config import PretrainConfig
-from gpt.model import GPTConfig
-from gpt.pretrain import pretrain
+from gpt.model.transformer import GPTConfig
+from gpt.train.pretrain import pretrain
 args = json.loads(sys.argv[1])
 
 class KillAt(L.Callback):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from gpt.shards import (
+from gpt.data.shards import (
     ShardError,
     cut_single_document,
     encode_corpus,
@@ -12,7 +12,7 @@ from gpt.shards import (
     read_manifest,
     val_mask,
 )
-from gpt.tokenizer import EOT, SPLIT_PATTERN, build_encoding, train_bpe
+from gpt.data.tokenizer import EOT, SPLIT_PATTERN, build_encoding, train_bpe
 
 DOCS = [f"story number {i}: the cat sat on the mat. {EOT} is plain text here." for i in range(60)]
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gpt.config import ConfigError, load_config
-from gpt.corpus import Cleaning, build_corpus, check_corpus_sources, mix, normalise_whitespace, read_documents
-from gpt.sources import SourceError, check_source
+from gpt.data.corpus import Cleaning, build_corpus, check_corpus_sources, mix, normalise_whitespace, read_documents
+from gpt.data.sources import SourceError, check_source
 
 
 def write_parquet(path, texts, column="text"):

@@ -13,11 +13,11 @@ def test_every_stage_kind_matches_its_locked_code():
 
 def test_a_code_change_under_the_same_version_is_caught(monkeypatch):
     lock = copy.deepcopy(stage_lock.locked())
-    lock["pretrain"]["modules"]["gpt/pretrain.py"] = "0" * 16  # as if gpt/pretrain.py changed since
-    lock["finetune"]["modules"]["gpt/pretrain.py"] = "0" * 16
+    lock["pretrain"]["modules"]["gpt/train/pretrain.py"] = "0" * 16  # as if gpt/train/pretrain.py changed since
+    lock["finetune"]["modules"]["gpt/train/pretrain.py"] = "0" * 16
     monkeypatch.setattr(stage_lock, "locked", lambda: lock)
     found = stage_lock.problems()
-    assert len(found) == 2 and all("gpt/pretrain.py" in line and "bump its version" in line for line in found)
+    assert len(found) == 2 and all("gpt/train/pretrain.py" in line and "bump its version" in line for line in found)
     assert {line.split("'")[1] for line in found} == {"pretrain", "finetune"}
 
 
@@ -38,5 +38,5 @@ def test_docstrings_and_comments_do_not_count_but_code_does():
 
 def test_imports_inside_functions_are_followed():
     modules = stage_lock.module_digests("tasks.pretrain")
-    assert "gpt/pretrain.py" in modules and "gpt/model.py" in modules  # imported inside train()
+    assert "gpt/train/pretrain.py" in modules and "gpt/model/transformer.py" in modules  # imported inside train()
     assert not any(m.startswith("flows/") for m in modules)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt.benchmarks import get_task
 from gpt.config import load_config
+from gpt.downstream.builtin import get_task
 from gpt.tasks_recipe import recipe, variants
 from tasks.plan import build_plan
 

@@ -4,10 +4,10 @@ import textwrap
 
 import pytest
 
-from gpt.benchmarks import get_task
 from gpt.config import ConfigError, load_config
+from gpt.downstream.builtin import get_task
+from gpt.downstream.spec import TaskDataError
 from gpt.tasks_recipe import check_task_inputs
-from gpt.tasks_spec import TaskDataError
 
 
 def write(path, text, encoding="utf-8"):
@@ -187,7 +187,7 @@ def test_url_splits_are_downloaded_with_their_checksum(tmp_path, monkeypatch):
         calls.append((url, sha256, cache_dir))
         return local
 
-    monkeypatch.setattr("gpt.custom_tasks.download", fake_download)
+    monkeypatch.setattr("gpt.downstream.custom.download", fake_download)
     cfg = config(
         tmp_path,
         """

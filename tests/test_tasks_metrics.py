@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gpt.tasks_metrics import compute_metrics, confusion, score
+from gpt.downstream.metrics import compute_metrics, confusion, score
 
 PREDS = torch.tensor([1, 0, 1, 1, 0, 1])
 LABELS = torch.tensor([1, 0, 0, 1, 1, 1])  # TP 3, TN 1, FP 1, FN 1

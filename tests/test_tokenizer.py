@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
-from gpt.shards import encode_documents
-from gpt.sources import CATALOG, fetch, mirror_dir
-from gpt.tokenizer import (
+from gpt.data.shards import encode_documents
+from gpt.data.sources import CATALOG, fetch, mirror_dir
+from gpt.data.tokenizer import (
     EOT,
     EXTRACT,
     GPT2_PATTERN,

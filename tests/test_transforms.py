@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from gpt.benchmarks import Example, cap_examples, get_task
-from gpt.finetune import TaskModel
-from gpt.model import GPT, GPTConfig
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding, special_ids, train_bpe
-from gpt.transforms import collate, encode_examples, truncate
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, special_ids, train_bpe
+from gpt.downstream.builtin import Example, cap_examples, get_task
+from gpt.downstream.transforms import collate, encode_examples, truncate
+from gpt.model.transformer import GPT, GPTConfig
+from gpt.train.finetune import TaskModel
 
 
 def encode_example(example, task_type, enc, max_len):

@@ -6,12 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.benchmarks import get_task
 from gpt.config import ConfigError, load_config
-from gpt.model import GPT, GPTConfig
-from gpt.tasks_recipe import check_task_inputs
-from gpt.tokenizer import SPLIT_PATTERN, build_encoding
-from gpt.zeroshot import (
+from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding
+from gpt.downstream.builtin import get_task
+from gpt.downstream.zeroshot import (
     ZeroShotEval,
     ZeroShotSet,
     build_zeroshot_set,
@@ -19,6 +17,8 @@ from gpt.zeroshot import (
     zeroshot_accuracy,
     zeroshot_callback,
 )
+from gpt.model.transformer import GPT, GPTConfig
+from gpt.tasks_recipe import check_task_inputs
 
 
 @pytest.fixture(scope="module")

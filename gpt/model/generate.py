@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gpt.model import GPT, KVCache
+from gpt.model.transformer import GPT, KVCache
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from gpt.config import CustomTaskConfig
-from gpt.sources import CATALOG, fetch
-from gpt.tasks_hub import HUB_TASKS
-from gpt.tasks_spec import Example, TaskDataError, TaskSpec, TaskType, cap_examples, label_index, read_table
+from gpt.data.sources import CATALOG, fetch
+from gpt.downstream.hub import HUB_TASKS
+from gpt.downstream.spec import Example, TaskDataError, TaskSpec, TaskType, cap_examples, label_index, read_table
 
 __all__ = ["BUILTIN_TASKS", "Example", "TaskSpec", "TaskType", "cap_examples", "get_task", "known_tasks"]
 
@@ -138,7 +138,7 @@ def get_task(name: str, custom: dict[str, CustomTaskConfig] | None = None) -> Ta
     Raises KeyError listing the known names.
     """
     if custom and name in custom:
-        from gpt.custom_tasks import custom_task_spec
+        from gpt.downstream.custom import custom_task_spec
 
         return custom_task_spec(name, custom[name])
     if name in BUILTIN_TASKS:

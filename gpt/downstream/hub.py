@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt.sources import SourceError, hf_mirror_files, hf_offline_hint
-from gpt.tasks_spec import Example, TaskSpec, TaskType
+from gpt.data.sources import SourceError, hf_mirror_files, hf_offline_hint
+from gpt.downstream.spec import Example, TaskSpec, TaskType
 
 GLUE = "nyu-mll/glue"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import ConfigError, CustomTaskConfig
-from gpt.sources import MIRROR_SCHEME, download, resolve_mirror
-from gpt.tasks_metrics import CLASS_METRICS, REGRESSION_METRICS
-from gpt.tasks_spec import Example, TaskDataError, TaskSpec, label_index, read_table
+from gpt.data.sources import MIRROR_SCHEME, download, resolve_mirror
+from gpt.downstream.metrics import CLASS_METRICS, REGRESSION_METRICS
+from gpt.downstream.spec import Example, TaskDataError, TaskSpec, label_index, read_table
 
 NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
 ROLES = {

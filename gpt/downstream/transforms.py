@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import tiktoken
 import torch
 
-from gpt.tasks_spec import Example, TaskType
-from gpt.tokenizer import special_ids
+from gpt.data.tokenizer import special_ids
+from gpt.downstream.spec import Example, TaskType
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from gpt.sources import SourceError
+from gpt.data.sources import SourceError
 
 TaskType = Literal["classification", "entailment", "similarity", "multiple_choice"]
 # Zero-shot sentiment (GPT-1 §5): the words whose likelihood after "<text> very" decides the label, in label order.

@@ -29,8 +29,8 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from gpt.sources import sha256_file
-from gpt.tokenizer import EOT
+from gpt.data.sources import sha256_file
+from gpt.data.tokenizer import EOT
 
 SPLITS = ("train", "val")
 META_FILE = "shards.json"

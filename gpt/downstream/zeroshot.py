@@ -15,10 +15,10 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from gpt.benchmarks import get_task
 from gpt.config import CustomTaskConfig
-from gpt.model import GPT
-from gpt.tasks_spec import SENTIMENT_VERBALIZERS, TaskSpec, cap_examples
+from gpt.downstream.builtin import get_task
+from gpt.downstream.spec import SENTIMENT_VERBALIZERS, TaskSpec, cap_examples
+from gpt.model.transformer import GPT
 
 SENTIMENT_PROMPT = " very"
 

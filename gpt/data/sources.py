@@ -52,7 +52,7 @@ _GUTENBERG = "https://raw.githubusercontent.com/rcdm-uga/Gutenberg_Text/a0b16d35
 
 
 def _catalog_tsv(name: str, base_url: str) -> list[RemoteFile]:
-    """Files of a many-file data set, listed in `gpt/catalog/<name>.tsv` (mirror_path, sha256, source_path)."""
+    """Files of a many-file data set, listed in `gpt/data/catalog/<name>.tsv` (mirror_path, sha256, source_path)."""
     with open(Path(__file__).with_name("catalog") / f"{name}.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [RemoteFile(f"{base_url}/{quote(r['source_path'])}", r["sha256"], r["mirror_path"]) for r in rows]
@@ -148,7 +148,7 @@ def mirror_dir() -> Path | None:
     env = os.environ.get("GPTFLOW_MIRROR")
     if env:
         return Path(env)
-    for base in (Path(__file__).resolve().parents[1], Path.cwd()):
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
         candidate = base.parent / "shared" / "data"
         if candidate.is_dir():
             return candidate

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt.sources import (
+from gpt.data.sources import (
     CATALOG,
     MIRROR_SCHEME,
     SourceError,

@@ -1,11 +1,11 @@
 """Language-model pretraining with a Lightning Trainer: resumable from checkpoints in a fixed directory.
 
-Resume is exact: batches are a pure function of (seed, step) (see gpt/lm_data.py) and the RNG
+Resume is exact: batches are a pure function of (seed, step) (see gpt/data/windows.py) and the RNG
 states that drive dropout are saved in every checkpoint, so a killed run continued from its last
 checkpoint ends with the same weights as an uninterrupted one (on CPU, bit for bit).
 
 Scaling out uses Lightning's own strategies (`pretrain.strategy`: ddp, fsdp, deepspeed). A step's
-global batch is the same set of windows whatever the device count (gpt/lm_data.py), gradient
+global batch is the same set of windows whatever the device count (gpt/data/windows.py), gradient
 accumulation keeps `tokens_per_step` fixed as devices change, and Lightning writes one full
 checkpoint from rank 0, so a run checkpointed on N devices resumes on M.
 """
@@ -27,11 +27,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
-from gpt.callbacks import NonFiniteLossStop, TokenThroughput
 from gpt.config import PretrainConfig
-from gpt.lm_data import ShardDataModule
-from gpt.model import GPT, Block, GPTConfig
-from gpt.optim import adamw, warmup_cosine, warmup_linear
+from gpt.data.windows import ShardDataModule
+from gpt.model.transformer import GPT, Block, GPTConfig
+from gpt.train.callbacks import NonFiniteLossStop, TokenThroughput
+from gpt.train.optim import adamw, warmup_cosine, warmup_linear
 
 LAST_CKPT = "last.ckpt"
 INITIAL_VAL_FILE = "initial_val.json"

@@ -27,11 +27,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from gpt.config import FinetuneConfig
-from gpt.model import GPT, GPTConfig
-from gpt.optim import adamw, warmup_linear
-from gpt.pretrain import ExactResumeModule, resolve_precision, resume_checkpoint
-from gpt.tasks_metrics import HIGHER_IS_BETTER, compute_metrics
-from gpt.transforms import EncodedExample, collate
+from gpt.downstream.metrics import HIGHER_IS_BETTER, compute_metrics
+from gpt.downstream.transforms import EncodedExample, collate
+from gpt.model.transformer import GPT, GPTConfig
+from gpt.train.optim import adamw, warmup_linear
+from gpt.train.pretrain import ExactResumeModule, resolve_precision, resume_checkpoint
 
 TASK_MODEL_FILE = "task_model.json"
 WEIGHTS_FILE = "model.safetensors"

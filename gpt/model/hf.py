@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt.model import GPT, GPTConfig, load_model, save_model
+from gpt.model.transformer import GPT, GPTConfig, load_model, save_model
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # gptflow name -> HF name, per family, for the non-block tensors.

@@ -1,0 +1,1 @@
+"""Pretraining data: sources, corpus cleaning, the tokenizer, token shards, LM windows."""

@@ -1,0 +1,1 @@
+"""The GPT: the decoder, its KV cache, generation, Hugging Face conversion."""

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, callbacks, exact resume, the pretraining and fine-tuning modules."""
