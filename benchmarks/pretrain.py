@@ -32,12 +32,14 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpt.config import PretrainConfig, load_config  # noqa: E402
+from gpt.config.loader import load_config  # noqa: E402
 from gpt.data.shards import encode_corpus  # noqa: E402
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe  # noqa: E402
 from gpt.data.windows import RandomWindows  # noqa: E402
-from gpt.model.transformer import GPT, GPTConfig  # noqa: E402
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT  # noqa: E402
 from gpt.train.callbacks import measure_peak_flops  # noqa: E402
+from gpt.train.config import PretrainConfig  # noqa: E402
 from gpt.train.optim import adamw, warmup_cosine  # noqa: E402
 from gpt.train.pretrain import accumulation, pretrain, resolve_precision  # noqa: E402
 
@@ -78,7 +80,7 @@ class StepTimer(L.Callback):
             self.t1 = time.perf_counter()
 
 
-def lightning_round(gcfg: GPTConfig, tcfg: PretrainConfig, shards: Path, warmup: int, device: torch.device) -> float:
+def lightning_round(gcfg: ModelConfig, tcfg: PretrainConfig, shards: Path, warmup: int, device: torch.device) -> float:
     """Seconds for the timed steps through the real pretrain() with the MLflow stage logger."""
     from mlflow.tracking import MlflowClient
 
@@ -96,7 +98,7 @@ def lightning_round(gcfg: GPTConfig, tcfg: PretrainConfig, shards: Path, warmup:
         return timer.t1 - timer.t0
 
 
-def bare_round(gcfg: GPTConfig, tcfg: PretrainConfig, shards: Path, warmup: int, device: torch.device) -> float:
+def bare_round(gcfg: ModelConfig, tcfg: PretrainConfig, shards: Path, warmup: int, device: torch.device) -> float:
     """Seconds for the timed steps of a plain PyTorch loop doing the same work."""
     torch.manual_seed(0)
     model = GPT(gcfg).to(device)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                      "pretrain.batch_size=8", "finetune.max_len=64", *overrides]  # fmt: skip
     cfg = load_config(args.config, overrides)
     vocab = args.vocab or (50257 if cfg.tokenizer.kind == "gpt2" else cfg.tokenizer.vocab_size + 4)
-    gcfg = GPTConfig.from_model_config(cfg.model, vocab)
+    gcfg = cfg.model.with_vocab(vocab)
     never = args.steps + 1  # no validation or checkpoint inside the timed window
     tcfg = replace(cfg.pretrain, max_steps=args.steps, val_every=never, ckpt_every=never, val_batches=1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

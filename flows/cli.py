@@ -18,7 +18,8 @@ from flows.workspace import Workspace
 
 if TYPE_CHECKING:
     from tasks.content import DigestCache
-from gpt.config import ExperimentConfig, load_config
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.loader import load_config
 
 
 def _csv(value: str) -> list[str]:

@@ -20,7 +20,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.stage_book import INTERRUPTS, StageBook
-from gpt.config import FanoutConfig
+from gpt.config.experiment import FanoutConfig
 from tasks.child_process import Placement, stage_workers, stop_workers
 from tasks.placement import visible_gpus
 from tasks.stage import Stage

@@ -46,7 +46,7 @@ def _plural(n: int) -> str:
 
 def cmd_gc(args: argparse.Namespace, ws: Workspace) -> int:
     """Print a table of garbage (kind, entry, size, reason) and what it frees; with --yes remove it."""
-    from gpt.config import ConfigError
+    from gpt.config.fields import ConfigError
     from tasks.gc import Garbage, GcError, find_garbage, human_bytes, remove_garbage, tracking_client
 
     try:

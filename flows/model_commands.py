@@ -12,7 +12,7 @@ from typing import TextIO
 
 from flows.model_ref import resolve_model_dir
 from flows.workspace import Workspace
-from gpt.config import ConfigError
+from gpt.config.fields import ConfigError
 
 
 def _check_sampling(args: argparse.Namespace) -> None:

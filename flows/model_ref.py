@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flows.workspace import Workspace
-from gpt.config import ConfigError
+from gpt.config.fields import ConfigError
 
 MODEL_FILES = ("config.json", "model.safetensors")
 MODEL_SUBDIR = "model"  # tasks.pretrain.MODEL_DIR, without importing the stage code

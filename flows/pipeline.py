@@ -14,7 +14,8 @@ from prefect.states import Failed, State
 from flows.fanout import concurrent, groups, run_concurrently
 from flows.stage_book import INTERRUPTS, StageBook
 from flows.workspace import Workspace
-from gpt.config import ExperimentConfig, from_dict
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.loader import from_dict
 from reports.run_report import PRESET_TAG
 from tasks.content import DigestCache
 from tasks.locks import file_lock

@@ -12,7 +12,8 @@ from typing import Any
 
 from flows.api_server import prefect_api
 from flows.workspace import Workspace
-from gpt.config import ConfigError, ExperimentConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import ConfigError
 
 
 def check_cron(cron: str) -> None:

@@ -11,7 +11,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.states import State
 
 from flows.workspace import Workspace
-from gpt.config import ExperimentConfig
+from gpt.config.experiment import ExperimentConfig
 from tasks.child_process import Placement
 from tasks.definition import StageEnv
 from tasks.locks import shared_locks

@@ -90,7 +90,7 @@ class Workspace:
             return
         import httpx
 
-        from gpt.config import ConfigError
+        from gpt.config.fields import ConfigError
 
         try:
             httpx.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
@@ -104,7 +104,7 @@ class Workspace:
         url = self.store
         if url is None:
             return
-        from gpt.config import ConfigError
+        from gpt.config.fields import ConfigError
         from tasks.remote_store import RemoteStore, StoreError
 
         try:

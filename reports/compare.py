@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from gpt.config import ConfigError
+from gpt.config.fields import ConfigError
 from reports import plots
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from reports.runs import STAGE_PREFIXES, TASK_METRIC, history, split_variant, stage_runs

@@ -19,7 +19,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gpt.config import ConfigError, ExperimentConfig, load_config
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
 from reports import plots
 from reports.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
 from reports.environment import hardware, package_versions

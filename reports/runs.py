@@ -17,7 +17,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 STAGE_PREFIXES = ("corpus", "tokenizer", "encode", "pretrain", "finetune", "report")
 # `<variant>.<metric>` on the parent run, e.g. sst2.accuracy, sst2-no_pretraining.accuracy, sst2-seed2.f1
 TASK_METRIC = re.compile(r"^(?P<variant>[^./]+)\.(?P<metric>[^./]+)$")
-# the suffixes a variant name adds to its task (ablations `no_*`, fine-tuning seeds `seedN`), see gpt/tasks_recipe.py
+# the suffixes a variant name adds to its task (ablations `no_*`, fine-tuning seeds `seedN`), see tasks/variants.py
 VARIANT_PART = re.compile(r"^(no_[a-z0-9_]+|seed\d+)$")
 
 

@@ -1,7 +1,7 @@
 """Mean ± sample std of task metrics over fine-tuning seeds, per arm (the recipe, or one ablation of it).
 
 A run with `finetune.seeds` records one parent-run metric per seed, `<task>[-<ablation>]-seed<N>.<metric>`
-(variant names: gpt/tasks_recipe.py). The report card, `gptflow compare` and
+(variant names: tasks/variants.py). The report card, `gptflow compare` and
 benchmarks/finetune_ablation.py all summarise them here, so they agree on the numbers.
 """
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gpt.config import CorpusConfig, ExperimentConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.data.config import CorpusConfig
 from gpt.data.sources import CATALOG, MIRROR_SCHEME, resolve_local, resolve_mirror
 from tasks.content import DigestCache, check_listing_unchanged, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
@@ -57,13 +58,12 @@ def plan_corpus(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
 
 def compute(section: CorpusSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Write `corpus.jsonl`; report documents, bytes, characters and what cleaning changed or dropped."""
-    from gpt.data.corpus import Cleaning, build_corpus, corpus_sources
+    from gpt.data.corpus import build_corpus, corpus_sources
 
     check_unchanged(section.files, source_digests(section.corpus, env.digest_cache()), env.name)
     c = section.corpus
-    cleaning = Cleaning(c.strip_gutenberg, c.fix_unicode, c.normalize_whitespace, c.lowercase, c.dedup)
     mixture = [(source, weight) for _, source, weight in corpus_sources(c)]
-    stats = build_corpus(mixture, out / CORPUS_FILE, env.cache_dir, cleaning, c.max_bytes)
+    stats = build_corpus(mixture, out / CORPUS_FILE, env.cache_dir, c, c.max_bytes)
     summary = {k: v for k, v in asdict(stats).items() if k not in ("files", "source_bytes")}
     return StageOutput(summary=summary, info={"files": stats.files, "source_bytes": stats.source_bytes})
 

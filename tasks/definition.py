@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import OBSERVATION, PLACEMENT
+from gpt.config.fields import OBSERVATION, PLACEMENT
 
 if TYPE_CHECKING:
-    from gpt.config import ExperimentConfig
+    from gpt.config.experiment import ExperimentConfig
     from tasks.content import DigestCache
 
 NOT_IN_KEY = (OBSERVATION, PLACEMENT, "location")  # field roles the key leaves out

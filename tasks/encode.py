@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gpt.config import EncodeConfig, ExperimentConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.data.config import EncodeConfig
 from tasks.corpus import CORPUS_FILE
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt.config import ExperimentConfig
-from gpt.tasks_recipe import recipe, variants
+from gpt.config.experiment import ExperimentConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 from tasks.finetune import TASK_MODEL_DIR, TaskInput, load_split, task_input
+from tasks.variants import recipe, variants
 
 if TYPE_CHECKING:
     import torch

@@ -12,13 +12,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpt.config import CustomTaskConfig, ExperimentConfig, FinetuneConfig, ModelConfig
+from gpt.config.experiment import ExperimentConfig
 from gpt.data.sources import MIRROR_SCHEME, resolve_mirror
-from gpt.tasks_recipe import Variant, recipe, variants
+from gpt.downstream.config import CustomTaskConfig
+from gpt.model.config import ModelConfig
+from gpt.train.config import FinetuneConfig
 from tasks.content import ContentError, DigestCache, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
 from tasks.placement import device_kind
 from tasks.pretrain import MODEL_DIR
+from tasks.variants import Variant, recipe, variants
 
 if TYPE_CHECKING:
     import tiktoken
@@ -142,7 +145,7 @@ def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: i
     directory (e.g. from `gptflow import-hf`), its embedding grown for the special tokens it lacks."""
     import torch
 
-    from gpt.model.transformer import GPT, GPTConfig, load_model
+    from gpt.model.transformer import GPT, load_model
     from gpt.train.finetune import extend_vocab
 
     init = section.recipe.init
@@ -151,7 +154,7 @@ def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: i
     if init == "scratch":
         assert section.model is not None
         torch.manual_seed(section.seed)
-        return GPT(GPTConfig.from_model_config(section.model, vocab_size))
+        return GPT(section.model.with_vocab(vocab_size))
     assert section.init_dir is not None
     torch.manual_seed(section.seed)  # the rows extend_vocab adds for tokens the imported model lacks
     return extend_vocab(load_model(Path(section.init_dir)), vocab_size)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpt.config import ConfigError
+from gpt.config.fields import ConfigError
 from tasks.locks import pid_alive
 from tasks.stage import MANIFEST, PARTIAL_RECORD
 from tasks.stages import DEFINITIONS, VERSIONS

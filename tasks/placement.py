@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 
-from gpt.config import PretrainConfig
+from gpt.train.config import PretrainConfig
 
 
 def visible_gpus() -> int:

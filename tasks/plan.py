@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpt.config import ConfigError, ExperimentConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import ConfigError
 from gpt.data.corpus import check_corpus_sources
 from gpt.data.sources import SourceError
-from gpt.tasks_recipe import check_task_inputs
 from tasks.content import DIGESTS_FILE, DigestCache
 from tasks.definition import PlanContext
 from tasks.stage import Stage, StageError, why_stale
 from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
+from tasks.variants import check_task_inputs
 
 __all__ = ["STAGE_KINDS", "VERSIONS", "build_plan", "check_inputs", "describe", "select"]
 

@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt.config import OBSERVATION, CustomTaskConfig, ExperimentConfig, ModelConfig, PretrainConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import OBSERVATION
+from gpt.downstream.config import CustomTaskConfig
+from gpt.model.config import ModelConfig
+from gpt.train.config import PretrainConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 from tasks.errors import StageError
 
@@ -105,13 +109,13 @@ def train(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from gpt.data.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
-    from gpt.model.transformer import GPTConfig, save_model
+    from gpt.model.transformer import save_model
     from gpt.train.pretrain import pretrain
     from tasks.mlflow_logger import stage_logger
 
     p = section.pretrain
     enc = load_tokenizer(tok_dir)
-    gpt_config = GPTConfig.from_model_config(section.model, enc.n_vocab)
+    gpt_config = section.model.with_vocab(enc.n_vocab)
     logger = stage_logger(tracking_uri, run_id)
     callbacks = [sample_logger(enc, p.sample_tokens, section.seed), *(extra_callbacks or [])]
     if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation

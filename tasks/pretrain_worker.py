@@ -20,7 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpt.config import PretrainConfig, from_dict
+from gpt.config.loader import from_dict
+from gpt.train.config import PretrainConfig
 from tasks.errors import StageError
 from tasks.placement import planned_world_size
 

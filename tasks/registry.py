@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from gpt.config import ConfigError
+from gpt.config.fields import ConfigError
 from reports.runs import split_variant
 from tasks.stage import Stage
 

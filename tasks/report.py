@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt.config import ExperimentConfig
+from gpt.config.experiment import ExperimentConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
 MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"

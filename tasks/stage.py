@@ -32,7 +32,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from gpt.config import ConfigError, flatten, hash_json
+from gpt.config.experiment import flatten, hash_json
+from gpt.config.fields import ConfigError
 from gpt.data.shards import ShardError
 from gpt.data.sources import SourceError
 from tasks.content import ContentError

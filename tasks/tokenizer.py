@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt.config import ExperimentConfig, TokenizerConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.data.config import TokenizerConfig
 from tasks.corpus import CORPUS_FILE
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from gpt.config import load_config
+from gpt.config.loader import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.yaml"
@@ -37,11 +37,12 @@ def make_models(out: Path, tok_dir: Path) -> tuple[Path, Path]:
     import shutil
 
     from gpt.data.tokenizer import load_tokenizer
-    from gpt.model.transformer import GPT, GPTConfig, save_model
+    from gpt.model.config import ModelConfig
+    from gpt.model.transformer import GPT, save_model
     from gpt.train.finetune import TaskModel, save_task_model
 
     enc = load_tokenizer(tok_dir)
-    gpt = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0))
+    gpt = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=32, block_size=32, dropout=0.0))
     model_dir, task_dir = out / "model", out / "task_model"
     save_model(gpt, model_dir)
     for f in tok_dir.iterdir():

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from tasks.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ CONFIG_CASES = {
     "wrong_type": (["--set", "pretrain.max_steps=lots"], "'pretrain.max_steps' must be an integer, got 'lots'"),
     "negative_lr": (["--set", "pretrain.lr=-0.1"], "'pretrain.lr' must be > 0, got -0.1"),
     "dropout_ge_1": (["--set", "model.dropout=1.0"], "'model.dropout' must be in [0, 1)"),
-    "vocab_below_bytes": (["--set", "tokenizer.vocab_size=200"], "'tokenizer.vocab_size' must be between 257"),
+    "vocab_below_bytes": (["--set", "tokenizer.vocab_size=200"], "'tokenizer.vocab_size' must be in [257, 65000]"),
     "n_embd_not_divisible": (["--set", "model.n_embd=30", "--set", "model.n_head=4"], "must be divisible"),
     "max_len_over_block_size": (["--set", "finetune.max_len=128"], "exceeds 'model.block_size' (64)"),
     "missing_corpus_file": (["--set", "corpus.source=/nowhere/corpus.txt"], "corpus source not found"),

@@ -23,7 +23,7 @@ from conftest import TRACKING_URI_AT_START
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from tasks.plan import build_plan
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from tasks.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]

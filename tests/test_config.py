@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from gpt.config import ConfigError, ExperimentConfig, load_config
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -31,7 +33,7 @@ def test_digest_changes_with_content(tmp_path):
     [
         ("model:\n  n_layers: 3\n", [], "'model.n_layers'"),
         ("model:\n  n_layer: three\n", [], "'model.n_layer' must be an integer"),
-        ("model:\n  n_embd: 100\n  n_head: 3\n", [], "'model.n_embd' (100) must be divisible by 'model.n_head'"),
+        ("model:\n  n_embd: 100\n  n_head: 3\n", [], "'model.n_embd' (100) must be divisible by 'n_head' (3)"),
         ("", ["pretrain.lr=-1"], "'pretrain.lr' must be > 0"),
         ("", ["model.dropout=1.0"], "'model.dropout' must be in [0, 1)"),
         ("", ["model.norm=middle"], "'model.norm' must be one of post | pre"),

@@ -25,13 +25,12 @@ BLOCK, GLOBAL_BATCH, STEPS = 16, 16, 12
 SCRIPT = """
 import json, os, sys
 from pathlib import Path
-from gpt.config import ModelConfig, PretrainConfig
-from gpt.model.transformer import GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.train.config import PretrainConfig
 from gpt.train.pretrain import pretrain
 from tasks.mlflow_logger import stage_logger
 a = json.loads(sys.argv[1])
-gcfg = GPTConfig.from_model_config(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=a["block"], dropout=0.0),
-                                   a["vocab"])
+gcfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=a["block"], dropout=0.0, vocab_size=a["vocab"])
 tcfg = PretrainConfig(max_steps=a["steps"], batch_size=a["batch"], tokens_per_step=a["tokens_per_step"], lr=3e-3,
                       warmup_steps=2, val_every=6, val_batches=2, ckpt_every=6, ckpt_keep=2, log_every=1,
                       accelerator="cpu", devices=str(a["devices"]), strategy=a["strategy"])
@@ -77,7 +76,7 @@ def _curve(client, run_id: str) -> list[tuple[int, float]]:
 
 def test_device_placement_keeps_the_pretrain_cache_key(micro_config, tmp_path):
     """Devices/strategy/launcher spread the same computation: a rerun on more devices resumes the same stage."""
-    from gpt.config import load_config
+    from gpt.config.loader import load_config
     from tasks.plan import build_plan
 
     def key(*overrides: str) -> str:
@@ -92,7 +91,8 @@ def test_device_placement_keeps_the_pretrain_cache_key(micro_config, tmp_path):
 
 
 def test_bad_placement_is_a_config_error_before_compute(micro_config):
-    from gpt.config import ConfigError, load_config
+    from gpt.config.fields import ConfigError
+    from gpt.config.loader import load_config
 
     with pytest.raises(ConfigError, match=r"micro.yaml: config key 'pretrain.strategy' \(fsdp\) needs a GPU"):
         load_config(micro_config, ["pretrain.strategy=fsdp", "pretrain.accelerator=cpu"])
@@ -108,7 +108,7 @@ def test_bad_placement_is_a_config_error_before_compute(micro_config):
     ],
 )
 def test_training_job_failures_are_one_line_stage_errors(micro_config, tmp_path, launcher, message):
-    from gpt.config import load_config
+    from gpt.config.loader import load_config
     from tasks.plan import build_plan
     from tasks.pretrain_worker import run_worker
     from tasks.stage import StageError

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.cli import main
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from tasks.plan import build_plan
 
 MICRO = Path(__file__).resolve().parents[1] / "configs" / "micro.yaml"

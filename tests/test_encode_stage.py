@@ -2,7 +2,7 @@
 
 import json
 
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from gpt.data.shards import open_shard, read_manifest
 from tasks.definition import StageEnv
 from tasks.plan import build_plan

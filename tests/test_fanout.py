@@ -20,7 +20,9 @@ from procs import alive, descendants
 
 from flows.cli import main
 from flows.fanout import concurrency, concurrent, groups, run_concurrently, stage_threads, visible_gpus
-from gpt.config import ConfigError, ExperimentConfig, FanoutConfig, from_dict, load_config
+from gpt.config.experiment import ExperimentConfig, FanoutConfig
+from gpt.config.fields import ConfigError
+from gpt.config.loader import from_dict, load_config
 from tasks.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import pytest
 import torch
 from procs import alive, children
 
-from gpt.config import ConfigError, load_config
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
 from tasks.locks import file_lock
 from tasks.plan import build_plan, check_stages, describe, select
 from tasks.stage import StageError, commit, user_error, verify_dir, why_stale

@@ -4,11 +4,12 @@
 import pytest
 import torch
 
-from gpt.config import FinetuneConfig
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding
 from gpt.downstream.spec import Example
 from gpt.downstream.transforms import collate, encode_examples
-from gpt.model.transformer import GPT, GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT
+from gpt.train.config import FinetuneConfig
 from gpt.train.finetune import FinetuneModule, TaskModel, extend_vocab, finetune, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -21,7 +22,7 @@ def enc():
 
 def tiny_gpt(enc, seed=0):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=48, dropout=0.0))
+    return GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=48, dropout=0.0))
 
 
 def batch_of(enc, examples, task_type):
@@ -127,7 +128,7 @@ def test_best_checkpoint_restores_the_best_dev_epoch(enc, tmp_path):
 
 def test_extend_vocab_keeps_learned_rows(enc):
     gpt = tiny_gpt(enc)
-    small = GPT(GPTConfig(vocab_size=100, n_layer=1, n_head=2, n_embd=16, block_size=48, dropout=0.0))
+    small = GPT(ModelConfig(vocab_size=100, n_layer=1, n_head=2, n_embd=16, block_size=48, dropout=0.0))
     grown = extend_vocab(small, 260)
     assert grown.wte.weight.shape[0] >= 260 and grown.config.vocab_size == 260
     assert torch.equal(grown.wte.weight[:100], small.wte.weight)

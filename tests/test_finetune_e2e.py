@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer
-from gpt.model.transformer import GPT, GPTConfig, save_model
+from gpt.model.transformer import GPT, save_model
 from tasks import evaluate, finetune
 from tasks.definition import StageEnv
 from tasks.plan import build_plan
@@ -28,7 +28,7 @@ def upstream(tmp_path_factory):
     enc = build_encoding(ranks, SPLIT_PATTERN)
     save_tokenizer(enc, ranks, root / "tokenizer")
     cfg = load_config(None, TINY)
-    gpt = GPT(GPTConfig.from_model_config(cfg.model, enc.n_vocab))
+    gpt = GPT(cfg.model.with_vocab(enc.n_vocab))
     save_model(gpt, root / "pretrain" / MODEL_DIR)
     return {"tokenizer": root / "tokenizer", "pretrain": root / "pretrain"}
 
@@ -84,7 +84,7 @@ def test_no_pretraining_variant_needs_no_pretrained_model(tmp_path, upstream):
 def test_init_from_a_model_directory_with_a_smaller_vocabulary(tmp_path, upstream):
     """Like an `import-hf` directory: the model lacks the special tokens, so its embedding grows."""
     cfg = load_config(None, TINY)
-    small = GPT(GPTConfig.from_model_config(cfg.model, 200))
+    small = GPT(cfg.model.with_vocab(200))
     save_model(small, tmp_path / "imported")
     cfg = load_config(None, [*TINY, *QUICK, "finetune.tasks=[rte]", f"finetune.init={tmp_path / 'imported'}"])
     stages = {s.name: s for s in build_plan(cfg, tmp_path / "artifacts")}

@@ -6,11 +6,12 @@ import pytest
 import torch
 from crash import Crash, CrashAt
 
-from gpt.config import FinetuneConfig
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding
 from gpt.downstream.spec import Example
 from gpt.downstream.transforms import encode_examples
-from gpt.model.transformer import GPT, GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT
+from gpt.train.config import FinetuneConfig
 from gpt.train.finetune import TaskModel, finetune
 from gpt.train.pretrain import LAST_CKPT, RNG_KEY
 
@@ -43,7 +44,7 @@ def _run(data, ckpt_dir, *callbacks):
     """Fine-tune a fresh tiny model (dropout on, so the RNG state matters); the model and the result."""
     enc, train, dev = data
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.1))
+    gpt = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.1))
     model = TaskModel(gpt, "classification", 2, CFG.clf_dropout)
     result = finetune(model, train, CFG, ckpt_dir, seed=0, dev=dev, extra_callbacks=list(callbacks))
     return model, result

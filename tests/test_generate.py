@@ -6,10 +6,11 @@ import torch
 from flows.cli import main
 from flows.model_ref import resolve_model_dir
 from flows.workspace import Workspace
-from gpt.config import ConfigError
+from gpt.config.fields import ConfigError
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, save_tokenizer, train_bpe
+from gpt.model.config import ModelConfig
 from gpt.model.generate import stream_tokens
-from gpt.model.transformer import GPT, GPTConfig, save_model
+from gpt.model.transformer import GPT, save_model
 
 DOCS = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." for i in range(30)]
 
@@ -21,7 +22,7 @@ def stage_dir(tmp_path_factory):
     ranks = train_bpe(DOCS, 300)
     enc = build_encoding(ranks, SPLIT_PATTERN)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=16, pad_vocab_to=64))
+    model = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=16, pad_vocab_to=64))
     save_model(model, d / "model")
     save_tokenizer(enc, ranks, d / "model")
     return d

@@ -3,16 +3,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.config import load_config
+from gpt.config.loader import load_config
+from gpt.model.config import ModelConfig
 from gpt.model.generate import filter_logits, generate
-from gpt.model.transformer import GPT, GPTConfig, KVCache, load_model, save_model
+from gpt.model.transformer import GPT, KVCache, load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(norm="post", **kw) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=12, dropout=0.0, norm=norm, **kw))
+    return GPT(ModelConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=12, dropout=0.0, norm=norm, **kw))
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
@@ -102,7 +103,7 @@ def test_cached_and_uncached_generation_are_identical(opts):
 )
 def test_presets_load_and_have_the_published_size(preset, vocab, millions):
     cfg = load_config(ROOT / "configs" / preset)
-    gcfg = GPTConfig.from_model_config(cfg.model, vocab)
+    gcfg = cfg.model.with_vocab(vocab)
     with torch.device("meta"):
         model = GPT(gcfg)
     n = model.num_params(non_embedding=False) - (gcfg.padded_vocab_size - vocab) * gcfg.n_embd

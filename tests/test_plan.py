@@ -1,6 +1,7 @@
 import pytest
 
-from gpt.config import ConfigError, load_config
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
 from tasks.plan import build_plan, check_inputs, descendants, select
 
 

@@ -3,15 +3,15 @@ import lightning as L
 import pytest
 import torch
 
-from gpt.config import ModelConfig, PretrainConfig
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe
-from gpt.model.transformer import GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.train.config import PretrainConfig
 from gpt.train.pretrain import LAST_CKPT, accumulation, pretrain
 
 
 def _setup(vocab: int, norm: str = "post", **train):
     model = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0, norm=norm, pad_vocab_to=64)
-    gcfg = GPTConfig.from_model_config(model, vocab)
+    gcfg = model.with_vocab(vocab)
     kw = dict(max_steps=12, batch_size=4, lr=3e-3, warmup_steps=2, val_every=6, val_batches=2, ckpt_every=4)
     return gcfg, PretrainConfig(**{**kw, "log_every": 2, **train})
 

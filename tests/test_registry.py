@@ -91,7 +91,7 @@ def test_unknown_model_or_wrong_kind_is_one_line_error(registry, capsys):
 
 
 def test_pipeline_hook_skips_cached_stages_ablations_and_other_kinds(registry, tmp_path):
-    from gpt.config import load_config
+    from gpt.config.loader import load_config
     from tasks.plan import build_plan
     from tasks.registry import register_stage_model
     from tasks.stage import StageError

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from report_fixtures import MICRO, record_in_new_workspace
 
 from flows.cli import main
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from reports.run_report import build_report, config_diff, confusion
 
 OUTPUT = Path(__file__).resolve().parent / "output"  # screenshots (git-ignored)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from crash import Crash, CrashAt
 
-from gpt.config import ModelConfig, PretrainConfig
-from gpt.model.transformer import GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.train.config import PretrainConfig
 from gpt.train.pretrain import LAST_CKPT, RNG_KEY, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +22,9 @@ CHILD = """
 import json, os, signal, sys
 from pathlib import Path
 import lightning as L
-from gpt.config import PretrainConfig
-from gpt.model.transformer import GPTConfig
+from gpt.train.config import PretrainConfig
+
+from gpt.model.config import ModelConfig
 from gpt.train.pretrain import pretrain
 args = json.loads(sys.argv[1])
 
@@ -33,7 +34,7 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 callbacks = [KillAt()] if args["kill_at"] else []
-_, result = pretrain(GPTConfig(**args["gpt"]), PretrainConfig(**args["train"]), Path(args["shards"]),
+_, result = pretrain(ModelConfig(**args["gpt"]), PretrainConfig(**args["train"]), Path(args["shards"]),
                      Path(args["ckpt"]), seed=0, extra_callbacks=callbacks)
 print(json.dumps({"final_val_loss": result.final_val_loss, "resumed_from_step": result.resumed_from_step}))
 """
@@ -41,7 +42,7 @@ print(json.dumps({"final_val_loss": result.final_val_loss, "resumed_from_step": 
 
 def _setup(vocab: int, **train):
     """Dropout on, so the RNG state matters; gradient accumulation on, so the data index does too."""
-    gcfg = GPTConfig.from_model_config(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.1), vocab)
+    gcfg = (ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.1)).with_vocab(vocab)
     kw = dict(max_steps=12, batch_size=4, lr=3e-3, warmup_steps=2, val_every=6, val_batches=2, ckpt_every=4)
     tcfg = PretrainConfig(**{**kw, "log_every": 2, **train})
     return gcfg, tcfg

@@ -8,8 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt.config import ConfigError, load_config
-from gpt.data.corpus import Cleaning, build_corpus, check_corpus_sources, mix, normalise_whitespace, read_documents
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
+from gpt.data.config import CorpusConfig
+from gpt.data.corpus import build_corpus, check_corpus_sources, mix, normalise_whitespace, read_documents
 from gpt.data.sources import SourceError, check_source
 
 
@@ -59,14 +61,14 @@ def test_exact_duplicates_are_dropped_after_cleaning(tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["x\r\n", "x\n", "y", "x\n"]))
     stats, docs = corpus(tmp_path, str(tmp_path / "a.jsonl"))
     assert docs == ["x\n", "y"] and stats.duplicates_dropped == 2
-    stats, docs = corpus(tmp_path, str(tmp_path / "a.jsonl"), cleaning=Cleaning(dedup=False))
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.jsonl"), cleaning=CorpusConfig(dedup=False))
     assert len(docs) == 4 and stats.duplicates_dropped == 0
 
 
 def test_cleaning_options(tmp_path):
     raw = "The Mona Lisa doesnÃ¢â‚¬â„¢t smile.\u00a0 \n\n\n\nSECOND   paragraph\t\n"
     (tmp_path / "a.txt").write_text(raw)
-    opts = Cleaning(fix_unicode=True, normalize_whitespace=True, lowercase=True)
+    opts = CorpusConfig(fix_unicode=True, normalize_whitespace=True, lowercase=True)
     stats, docs = corpus(tmp_path, str(tmp_path / "a.txt"), cleaning=opts)
     assert docs == ["the mona lisa doesn't smile.\n\nsecond   paragraph"]
     assert stats.unicode_fixed == 1

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from gpt.config import load_config
+from gpt.config.loader import load_config
 from gpt.downstream.builtin import get_task
-from gpt.tasks_recipe import recipe, variants
 from tasks.plan import build_plan
+from tasks.variants import recipe, variants
 
 FIXTURE_MIRROR = Path(__file__).parent / "fixtures" / "mirror"
 

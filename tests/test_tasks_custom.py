@@ -4,10 +4,11 @@ import textwrap
 
 import pytest
 
-from gpt.config import ConfigError, load_config
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
 from gpt.downstream.builtin import get_task
 from gpt.downstream.spec import TaskDataError
-from gpt.tasks_recipe import check_task_inputs
+from tasks.variants import check_task_inputs
 
 
 def write(path, text, encoding="utf-8"):
@@ -144,7 +145,7 @@ def test_missing_file_and_bad_encoding(tmp_path):
         ),
         (
             "type: similarity\ntrain: a.csv\ndev: b.csv\ncolumns: {a: x, b: y}\nlabels: [p, q]\nscore_range: [0, 1]\n",
-            r"'tasks\.mine\.labels' and 'tasks\.mine\.score_range' exclude each other",
+            r"'tasks\.mine\.labels' and 'score_range' exclude each other",
         ),
         (
             "type: classification\ntrain: a.csv\ndev: b.csv\ncolumns: {text: t}\nlabels: [x, y]\nmetrics: [pearson]\n",
@@ -192,8 +193,8 @@ def test_url_splits_are_downloaded_with_their_checksum(tmp_path, monkeypatch):
         tmp_path,
         """
         type: classification
-        train: https://example.org/data/train.csv#sha256=abc123
-        dev: https://example.org/data/dev.csv#sha256=def456
+        train: https://example.org/data/train.csv#sha256=abababababababababababababababababababababababababababababababab
+        dev: https://example.org/data/dev.csv#sha256=dededededededededededededededededededededededededededededededede
         columns: {text: text}
         labels: [a, b]
         """,
@@ -202,8 +203,8 @@ def test_url_splits_are_downloaded_with_their_checksum(tmp_path, monkeypatch):
     assert calls == []
     examples = get_task("mine", cfg.tasks).load("train", tmp_path / "cache")
     assert [(e.fields, e.label) for e in examples] == [(("hi",), 1)]
-    assert calls == [("https://example.org/data/train.csv", "abc123", tmp_path / "cache")]
-    with pytest.raises(ConfigError, match=r"'tasks\.mine\.dev': an https file needs '#sha256=<hex>'"):
+    assert calls == [("https://example.org/data/train.csv", "ab" * 32, tmp_path / "cache")]
+    with pytest.raises(ConfigError, match=r"'tasks\.mine\.dev': an https file needs '#sha256=<64 hex digits>'"):
         config(
             tmp_path,
             "type: classification\ntrain: a.csv\ndev: https://e.org/dev.csv\ncolumns: {text: t}\nlabels: [a, b]\n",

@@ -4,7 +4,8 @@ import torch
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, special_ids, train_bpe
 from gpt.downstream.builtin import Example, cap_examples, get_task
 from gpt.downstream.transforms import collate, encode_examples, truncate
-from gpt.model.transformer import GPT, GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT
 from gpt.train.finetune import TaskModel
 
 
@@ -52,7 +53,7 @@ def test_truncation_keeps_extract(enc):
 def test_task_model_heads(enc, task_type, n_fields, outputs):
     examples = [Example(tuple(f"a cat {i} " * (j + 1) for j in range(n_fields)), 0) for i in range(3)]
     batch = collate(encode_examples(examples, task_type, enc, 32))
-    gpt = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0))
+    gpt = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0))
     num = n_fields - 1 if task_type == "multiple_choice" else outputs
     logits, lm_loss = TaskModel(gpt, task_type, num, 0.0)(batch["tokens"], batch["lengths"])
     assert logits.shape == (3, num)
@@ -60,7 +61,7 @@ def test_task_model_heads(enc, task_type, n_fields, outputs):
 
 
 def test_padding_does_not_change_outputs(enc):
-    gpt = GPT(GPTConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0))
+    gpt = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=32, dropout=0.0))
     model = TaskModel(gpt, "classification", 2, 0.0).eval()
     short = encode_example(Example(("a cat",), 0), "classification", enc, 32)
     long = encode_example(Example(("a cat and a dog and a cat",), 1), "classification", enc, 32)

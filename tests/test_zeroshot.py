@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.config import ConfigError, load_config
+from gpt.config.fields import ConfigError
+from gpt.config.loader import load_config
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding
 from gpt.downstream.builtin import get_task
 from gpt.downstream.zeroshot import (
@@ -17,8 +18,9 @@ from gpt.downstream.zeroshot import (
     zeroshot_accuracy,
     zeroshot_callback,
 )
-from gpt.model.transformer import GPT, GPTConfig
-from gpt.tasks_recipe import check_task_inputs
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT
+from tasks.variants import check_task_inputs
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def enc():
 
 def tiny_gpt(vocab=260, block=16):
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=vocab, n_layer=1, n_head=2, n_embd=16, block_size=block, dropout=0.0)).eval()
+    return GPT(ModelConfig(vocab_size=vocab, n_layer=1, n_head=2, n_embd=16, block_size=block, dropout=0.0)).eval()
 
 
 def test_continuation_logprobs_match_a_direct_computation():

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from gpt.data.config import CorpusConfig
 from gpt.data.sources import (
     CATALOG,
     MIRROR_SCHEME,
@@ -47,17 +47,6 @@ class CorpusStats:
     empty_dropped: int = 0
     files: list[str] = field(default_factory=list)
     source_bytes: dict[str, int] = field(default_factory=dict)  # cleaned bytes kept per source
-
-
-@dataclass(frozen=True)
-class Cleaning:
-    """The normalisation applied to every document (config keys of the `corpus` section)."""
-
-    strip_gutenberg: bool = True
-    fix_unicode: bool = False
-    normalize_whitespace: bool = False
-    lowercase: bool = False
-    dedup: bool = True
 
 
 @dataclass(frozen=True)
@@ -196,7 +185,7 @@ def source_documents(source: str, cache_dir: Path) -> Iterator[RawDocument]:
         yield from _file_documents(path)
 
 
-def clean(doc: RawDocument, cleaning: Cleaning, stats: CorpusStats) -> str:
+def clean(doc: RawDocument, cleaning: CorpusConfig, stats: CorpusStats) -> str:
     """One document through the normalisation steps; counts what each step changed."""
     text = normalise_newlines(doc.text)
     stats.bad_bytes_replaced += doc.bad_bytes
@@ -234,7 +223,7 @@ def mix(streams: list[Iterator[str]], weights: list[float]) -> Iterator[tuple[in
 
 
 def _cleaned(
-    source: str, cache_dir: Path, cleaning: Cleaning, stats: CorpusStats, seen: set[bytes], has_text: set[str]
+    source: str, cache_dir: Path, cleaning: CorpusConfig, stats: CorpusStats, seen: set[bytes], has_text: set[str]
 ) -> Iterator[str]:
     """Cleaned, non-empty, not-yet-seen documents of one source (`seen` is shared across a mixture).
 
@@ -261,7 +250,7 @@ def build_corpus(
     sources: str | list[tuple[str, float]],
     out_file: Path,
     cache_dir: Path,
-    cleaning: Cleaning | None = None,
+    cleaning: CorpusConfig | None = None,
     max_bytes: int | None = None,
 ) -> CorpusStats:
     """Write the cleaned documents of one source or a weighted mixture to `out_file` as JSONL ({"text": ...}).
@@ -269,7 +258,7 @@ def build_corpus(
     Streams end to end: only the digests of documents seen (for dedup) are kept in memory.
     """
     mixture = [(sources, 1.0)] if isinstance(sources, str) else list(sources)
-    cleaning = cleaning or Cleaning()
+    cleaning = cleaning or CorpusConfig()
     stats = CorpusStats(source_bytes={s: 0 for s, _ in mixture})
     seen: set[bytes] = set()
     has_text: set[str] = set()
@@ -295,14 +284,14 @@ def build_corpus(
     return stats
 
 
-def corpus_sources(corpus: Any) -> list[tuple[str, str, float]]:
+def corpus_sources(corpus: CorpusConfig) -> list[tuple[str, str, float]]:
     """(config key, source, weight) of a `corpus` config section: `sources` when set, else `source`."""
     if corpus.sources:
         return [(f"corpus.sources[{i}].source", s.source, s.weight) for i, s in enumerate(corpus.sources)]
     return [("corpus.source", corpus.source, 1.0)]
 
 
-def check_corpus_sources(corpus: Any) -> None:
+def check_corpus_sources(corpus: CorpusConfig) -> None:
     """Fail fast on a malformed or missing source, naming its config key."""
     for key, source, _ in corpus_sources(corpus):
         try:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt.config import CustomTaskConfig
 from gpt.data.sources import CATALOG, fetch
+from gpt.downstream.config import CustomTaskConfig
 from gpt.downstream.hub import HUB_TASKS
 from gpt.downstream.spec import Example, TaskDataError, TaskSpec, TaskType, cap_examples, label_index, read_table
 

@@ -7,85 +7,13 @@ name, an unknown label or an empty file stops the run with one line naming the f
 
 from __future__ import annotations
 
-import re
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gpt.config import ConfigError, CustomTaskConfig
 from gpt.data.sources import MIRROR_SCHEME, download, resolve_mirror
-from gpt.downstream.metrics import CLASS_METRICS, REGRESSION_METRICS
+from gpt.downstream.config import ROLES, CustomTaskConfig
 from gpt.downstream.spec import Example, TaskDataError, TaskSpec, label_index, read_table
-
-NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
-ROLES = {
-    "classification": ("text",),
-    "entailment": ("premise", "hypothesis"),
-    "similarity": ("a", "b"),
-    "multiple_choice": ("context", "answers"),
-}
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-
-
-def _split_sources(tc: CustomTaskConfig) -> dict[str, str]:
-    return {s: src for s, src in (("train", tc.train), ("dev", tc.dev), ("test", tc.test)) if src}
-
-
-def file_format(tc: CustomTaskConfig, source: str) -> str | None:
-    """csv / tsv / jsonl: the configured format, else from the file extension (None when unknown)."""
-    if tc.format != "auto":
-        return tc.format
-    path = source.split("#", 1)[0].split("?", 1)[0]
-    return FORMATS.get(Path(path).suffix.lower())
-
-
-def check_task_config(tc: CustomTaskConfig, where: str, key: str) -> None:
-    """Raise ConfigError (with the key path) for a task definition that cannot work, whatever its files hold."""
-    name = key.rsplit(".", 1)[-1]
-    if not NAME_PATTERN.match(name):
-        raise ConfigError(f"{where}: task name '{key}' must use only a-z, 0-9 and _")
-    roles = ROLES[tc.type]
-    for role in ("text", "premise", "hypothesis", "a", "b", "context", "answers"):
-        given = getattr(tc.columns, role) is not None
-        if role in roles and not given:
-            raise ConfigError(f"{where}: config key '{key}.columns.{role}' is required for a {tc.type} task")
-        if role not in roles and given:
-            raise ConfigError(
-                f"{where}: config key '{key}.columns.{role}' is not used by a {tc.type} task "
-                f"(it reads {', '.join(roles)})"
-            )
-    if tc.type == "multiple_choice" and len(tc.columns.answers or []) < 2:
-        raise ConfigError(f"{where}: config key '{key}.columns.answers' must list at least 2 answer columns")
-    regression = tc.score_range is not None
-    if regression:
-        if tc.labels is not None:
-            raise ConfigError(f"{where}: config keys '{key}.labels' and '{key}.score_range' exclude each other")
-        if tc.type == "multiple_choice":
-            raise ConfigError(f"{where}: config key '{key}.score_range': a multiple_choice task has no regression form")
-        if len(tc.score_range) != 2 or not tc.score_range[0] < tc.score_range[1]:
-            raise ConfigError(f"{where}: config key '{key}.score_range' must be [low, high] with low < high")
-    elif tc.type != "multiple_choice" and (tc.labels is None or len(tc.labels) < 2):
-        raise ConfigError(f"{where}: config key '{key}.labels' must list at least 2 labels (or give score_range)")
-    if tc.type == "multiple_choice" and tc.labels is not None and len(tc.labels) != len(tc.columns.answers or []):
-        raise ConfigError(f"{where}: config key '{key}.labels' must name each of the answer columns, in order")
-    if tc.labels is not None and len(set(tc.labels)) != len(tc.labels):
-        raise ConfigError(f"{where}: config key '{key}.labels' has duplicates")
-    allowed = REGRESSION_METRICS if regression else CLASS_METRICS
-    for i, metric in enumerate(tc.metrics or []):
-        if metric not in allowed:
-            raise ConfigError(f"{where}: config key '{key}.metrics[{i}]' must be one of {' | '.join(allowed)}")
-    if tc.metrics is not None and not tc.metrics:
-        raise ConfigError(f"{where}: config key '{key}.metrics' must not be empty")
-    if tc.delimiter is not None and len(tc.delimiter) != 1:
-        raise ConfigError(f"{where}: config key '{key}.delimiter' must be one character")
-    for split, source in _split_sources(tc).items():
-        if file_format(tc, source) is None:
-            raise ConfigError(
-                f"{where}: config key '{key}.{split}': cannot tell the format of {source!r} "
-                f"from its extension; set '{key}.format' (csv | tsv | jsonl)"
-            )
-        if source.startswith("https://") and "#sha256=" not in source:
-            raise ConfigError(f"{where}: config key '{key}.{split}': an https file needs '#sha256=<hex>'")
 
 
 def _resolve(source: str, cache_dir: Path | None) -> Path:
@@ -127,9 +55,9 @@ def _label(tc: CustomTaskConfig, path: Path, lineno: int, value: Any) -> int | f
 
 def load_custom_split(name: str, tc: CustomTaskConfig, split: str, cache_dir: Path | None) -> list[Example]:
     """The examples of one split; TaskDataError names the file and the column or line at fault."""
-    source = _split_sources(tc)[split]
+    source = tc.splits()[split]
     path = _resolve(source, cache_dir)
-    fmt = file_format(tc, source) or "csv"
+    fmt = tc.file_format(source) or "csv"
     header, rows = read_table(path, fmt, tc.delimiter, tc.quoting, tc.encoding)
     columns = _columns(tc)
     needed = {col: f"tasks.{name}.columns.{role}" for col, role in columns}
@@ -165,12 +93,12 @@ def custom_task_spec(name: str, tc: CustomTaskConfig) -> TaskSpec:
         partial(load_custom_split, name, tc),
         label_names=tuple(tc.labels or ()),
         regression=regression,
-        splits=tuple(_split_sources(tc)),
+        splits=tuple(tc.splits()),
     )
 
 
 def check_custom_task(name: str, tc: CustomTaskConfig) -> None:
     """Load every local split once (URL splits are checked when downloaded), raising TaskDataError on bad data."""
-    for split, source in _split_sources(tc).items():
+    for split, source in tc.splits().items():
         if not source.startswith("https://"):
             load_custom_split(name, tc, split, None)

@@ -6,8 +6,6 @@ import torch
 import torchmetrics.functional as M
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman", "mse")
-CLASS_METRICS = ("accuracy", "f1", "matthews")
-REGRESSION_METRICS = ("pearson", "spearman", "mse")
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "matthews": True, "pearson": True, "spearman": True, "mse": False}
 
 

@@ -15,8 +15,8 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
-from gpt.config import CustomTaskConfig
 from gpt.downstream.builtin import get_task
+from gpt.downstream.config import CustomTaskConfig
 from gpt.downstream.spec import SENTIMENT_VERBALIZERS, TaskSpec, cap_examples
 from gpt.model.transformer import GPT
 

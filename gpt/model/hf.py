@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt.model.transformer import GPT, GPTConfig, load_model, save_model
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT, load_model, save_model
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # gptflow name -> HF name, per family, for the non-block tensors.
@@ -41,7 +42,7 @@ def _read_state(src: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{src}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
 
 
-def _gpt_config(src: Path, hf: dict) -> tuple[str, GPTConfig]:
+def _gpt_config(src: Path, hf: dict) -> tuple[str, ModelConfig]:
     where = src / "config.json"
     family = hf.get("model_type")
     if family not in TOP_LEVEL:
@@ -61,7 +62,7 @@ def _gpt_config(src: Path, hf: dict) -> tuple[str, GPTConfig]:
     for key, (got, want) in checks.items():
         if got != want:
             raise ConversionError(f"{where}: {key}={got!r} is not supported (gptflow needs {want!r})")
-    cfg = GPTConfig(
+    cfg = ModelConfig(
         vocab_size=hf.get("vocab_size", 40478 if family == "openai-gpt" else 50257),
         n_layer=hf.get("n_layer", 12),
         n_head=hf.get("n_head", 12),
@@ -74,7 +75,7 @@ def _gpt_config(src: Path, hf: dict) -> tuple[str, GPTConfig]:
     return family, cfg
 
 
-def _names(family: str, cfg: GPTConfig) -> dict[str, str]:
+def _names(family: str, cfg: ModelConfig) -> dict[str, str]:
     """gptflow parameter name -> HF name (without the `transformer.` prefix)."""
     names = dict(TOP_LEVEL[family])
     for i in range(cfg.n_layer):

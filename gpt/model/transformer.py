@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,42 +17,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gpt.config import ModelConfig
+from gpt.model.config import CONFIG_FILE, ModelConfig, read_model_config
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass
-class GPTConfig:
-    """Everything needed to rebuild a GPT module: architecture plus vocabulary size."""
-
-    vocab_size: int
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 512
-    dropout: float = 0.1
-    norm: str = "post"  # post: GPT-1's LN(x + f(x)); pre: GPT-2's x + f(LN(x)) with a final LN
-    activation: str = "gelu"  # gelu: exact (erf); gelu_new: tanh approximation (GPT-1's and GPT-2's code)
-    pad_vocab_to: int = 1  # embedding rows rounded up to a multiple of this (64 for fast matmuls)
-
-    @classmethod
-    def from_model_config(cls, model: ModelConfig, vocab_size: int) -> GPTConfig:
-        """The pipeline's `model` section plus the tokenizer's vocabulary size."""
-        return cls(vocab_size=vocab_size, **asdict(model))
-
-    @property
-    def padded_vocab_size(self) -> int:
-        """Rows of the token embedding; logits beyond `vocab_size` are never returned."""
-        m = max(1, self.pad_vocab_to)
-        return (self.vocab_size + m - 1) // m * m
 
 
 class KVCache:
     """Keys and values of every layer for one batch of sequences, filled as generation proceeds."""
 
-    def __init__(self, cfg: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
         shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
@@ -71,7 +44,7 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_head, self.layer = cfg.n_head, layer
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
@@ -98,7 +71,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
@@ -112,7 +85,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One Transformer block; `norm='post'` is GPT-1's LN(x + f(x)), `'pre'` is GPT-2's x + f(LN(x))."""
 
-    def __init__(self, cfg: GPTConfig, layer: int):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
@@ -131,10 +104,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only Transformer with learned positions and input/output embeddings tied."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.norm not in ("post", "pre") or cfg.activation not in ("gelu", "gelu_new"):
             raise ValueError(f"unsupported norm/activation {cfg.norm!r}/{cfg.activation!r}")
+        if cfg.vocab_size is None:
+            raise ValueError("the GPT needs ModelConfig.vocab_size: build it from `config.with_vocab(n)`")
         self.config = cfg
         self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -210,7 +185,7 @@ def load_model(model_dir: str | Path, map_location: str = "cpu") -> GPT:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (d / name).is_file():
             raise FileNotFoundError(f"{d / name} not found: a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    cfg = GPTConfig(**json.loads((d / CONFIG_FILE).read_text()))
+    cfg = read_model_config(d)
     model = GPT(cfg)
     model.load_state_dict(load_file(d / WEIGHTS_FILE, device=map_location))
     return model

@@ -26,10 +26,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from gpt.config import FinetuneConfig
 from gpt.downstream.metrics import HIGHER_IS_BETTER, compute_metrics
 from gpt.downstream.transforms import EncodedExample, collate
-from gpt.model.transformer import GPT, GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT
+from gpt.train.config import FinetuneConfig
 from gpt.train.optim import adamw, warmup_linear
 from gpt.train.pretrain import ExactResumeModule, resolve_precision, resume_checkpoint
 
@@ -314,7 +315,7 @@ def save_task_model(model: TaskModel, out_dir: Path) -> None:
 def load_task_model(model_dir: Path) -> TaskModel:
     """Rebuild a TaskModel written by `save_task_model`."""
     meta = json.loads((model_dir / TASK_MODEL_FILE).read_text())
-    gpt = GPT(GPTConfig(**meta["gpt"]))
+    gpt = GPT(ModelConfig(**meta["gpt"]))
     model = TaskModel(gpt, meta["task_type"], meta["num_outputs"], meta["clf_dropout"], meta.get("regression", False))
     model.load_state_dict(load_file(model_dir / WEIGHTS_FILE))
     return model

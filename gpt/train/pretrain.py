@@ -27,10 +27,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
 
-from gpt.config import PretrainConfig
 from gpt.data.windows import ShardDataModule
-from gpt.model.transformer import GPT, Block, GPTConfig
+from gpt.model.config import ModelConfig
+from gpt.model.transformer import GPT, Block
 from gpt.train.callbacks import NonFiniteLossStop, TokenThroughput
+from gpt.train.config import PretrainConfig
 from gpt.train.optim import adamw, warmup_cosine, warmup_linear
 
 LAST_CKPT = "last.ckpt"
@@ -80,7 +81,7 @@ class LMModule(ExactResumeModule):
     def __init__(self, gpt_config: dict[str, Any], train: dict[str, Any]):
         super().__init__()
         self.save_hyperparameters()
-        self.model = GPT(GPTConfig(**gpt_config))
+        self.model = GPT(ModelConfig(**gpt_config))
         self.train_cfg = PretrainConfig(**train)
         cfg = self.model.config
         self.flops_per_batch = self.model.flops_per_token() * self.train_cfg.batch_size * cfg.block_size
@@ -172,7 +173,7 @@ def resume_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def pretrain(
-    gpt_config: GPTConfig,
+    gpt_config: ModelConfig,
     cfg: PretrainConfig,
     shard_dir: Path,
     ckpt_dir: Path,
@@ -253,7 +254,7 @@ def pretrain(
     return model, result
 
 
-def full_model(trainer: L.Trainer, module: LMModule, gpt_config: GPTConfig) -> GPT:
+def full_model(trainer: L.Trainer, module: LMModule, gpt_config: ModelConfig) -> GPT:
     """The trained GPT with all its weights: under FSDP they are gathered from the shards (every rank must call)."""
     if not isinstance(trainer.strategy, FSDPStrategy):
         return module.model

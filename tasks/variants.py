@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from gpt.config import ConfigError, ExperimentConfig, FinetuneConfig
+from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import ConfigError
 from gpt.downstream.spec import SENTIMENT_VERBALIZERS
+from gpt.model.config import read_model_config
+from gpt.train.config import FinetuneConfig
 
 ABLATIONS = {"no_pretraining": {"init": "scratch"}, "no_aux_lm": {"aux_lm_weight": 0.0}}
 
@@ -70,9 +73,6 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key 'finetune.tasks[{i}]': {e.args[0]}") from None
         if name in cfg.tasks:
             check_custom_task(name, cfg.tasks[name])
-    for name in cfg.finetune.per_task:
-        if name not in cfg.finetune.tasks:
-            raise ConfigError(f"config key 'finetune.per_task.{name}': {name!r} is not in finetune.tasks")
     for i, name in enumerate(cfg.pretrain.zeroshot_tasks):
         try:
             spec = get_task(name, cfg.tasks)
@@ -84,5 +84,10 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
                 f"(multiple-choice tasks and {', '.join(SENTIMENT_VERBALIZERS)} have)"
             )
     init = cfg.finetune.init
-    if init not in ("pretrained", "scratch") and not Path(init).expanduser().is_dir():
-        raise ConfigError(f"config key 'finetune.init' must be pretrained | scratch | a model directory, got {init!r}")
+    if init not in ("pretrained", "scratch"):
+        try:
+            read_model_config(Path(init).expanduser())
+        except ValueError as e:
+            raise ConfigError(
+                f"config key 'finetune.init' must be pretrained | scratch | a model directory, got {init!r} ({e})"
+            ) from None

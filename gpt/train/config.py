@@ -1,0 +1,181 @@
+"""The training sections of the experiment config: `pretrain` and `finetune` (with its per-task overrides)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gpt.config.fields import (
+    NON_EMPTY,
+    OBSERVATION,
+    Check,
+    FieldError,
+    Section,
+    above,
+    at_least,
+    between,
+    knob,
+    matches,
+    observation,
+    one_of,
+    placement,
+)
+
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "fsdp_cpu_offload")
+
+
+def _strategy_available(name: str) -> bool:
+    """A Lightning training strategy gptflow supports; deepspeed only when the package is installed."""
+    if name.startswith("deepspeed"):
+        return importlib.util.find_spec("deepspeed") is not None
+    return name in STRATEGIES
+
+
+STRATEGY = Check(_strategy_available, "auto, ddp, ddp_spawn, fsdp, fsdp_cpu_offload or deepspeed (installed)")
+DEVICES = matches(r"auto|-1|[1-9][0-9]*|[0-9]+(,[0-9]+)*,?", 'auto, a count ("2") or a list of device ids ("0,1")')
+
+
+@dataclass
+class PretrainConfig(Section):
+    """Language-model pretraining with a Lightning Trainer.
+
+    Observation and placement fields are kept out of the stage's cache key: changing them reuses
+    (or resumes) the same pretraining. The global batch is fixed by `batch_size` and
+    `tokens_per_step`, so a rerun on another device count resumes the same checkpoints.
+    """
+
+    max_steps: int = knob(200, "optimizer steps", check=at_least(1))
+    batch_size: int = knob(8, "windows per micro-batch per device", check=at_least(1))
+    lr: float = knob(2.5e-4, "peak learning rate (AdamW)", check=above(0))
+    warmup_steps: int = knob(20, "linear warmup steps", check=at_least(0))
+    min_lr_ratio: float = knob(0.0, "cosine schedule: final lr as a fraction of the peak", check=between(0, 1))
+    weight_decay: float = knob(
+        0.01, "AdamW decoupled weight decay on matrices (not biases, gains, positions)", check=at_least(0)
+    )
+    grad_clip: float = knob(1.0, "clip the gradient norm to this (0: no clipping)", check=at_least(0))
+    val_every: int = observation(
+        50, "when the val loss is logged; the final val loss is measured anyway", check=at_least(1)
+    )
+    val_batches: int = knob(
+        8, "val batches per validation (the reported final val loss depends on it)", check=at_least(1)
+    )
+    ckpt_every: int = observation(
+        50, "how often a checkpoint is saved; a resume is exact from any step", check=at_least(1)
+    )
+    log_every: int = observation(10, "how often train loss, lr and tokens/s are logged", check=at_least(1))
+    precision: str = knob(
+        "auto", "auto (bf16-mixed on GPU, 32-true on CPU) or a Lightning precision", check=one_of(*PRECISIONS)
+    )
+    strategy: str = placement(
+        "auto", "auto | ddp | fsdp | fsdp_cpu_offload | deepspeed[_stage_N] (if installed)", check=STRATEGY
+    )
+    devices: str = placement("auto", 'per node: auto, a count ("2") or a list of device ids ("0,1")', check=DEVICES)
+    accelerator: str = knob("auto", "auto (a GPU when visible) | cpu | gpu | mps", check=one_of(*ACCELERATORS))
+    sample_tokens: int = observation(
+        48, "length of the continuations sampled at validations and at the end", check=at_least(1)
+    )
+    schedule: Literal["cosine", "linear"] = knob("cosine", "after warmup: cosine to min_lr_ratio, or linear to 0")
+    tokens_per_step: int | None = knob(
+        None, "accumulate gradients to about this many tokens per optimizer step", check=at_least(1)
+    )
+    compile: bool | None = knob(None, "torch.compile the model; unset: on with CUDA, off on CPU")
+    num_nodes: int = placement(1, "nodes the job spans; the global batch stays tokens_per_step", check=at_least(1))
+    ckpt_keep: int = observation(2, "step checkpoints kept besides last.ckpt", check=at_least(0))
+    zeroshot_tasks: list[str] = observation(
+        None, "tasks scored zero-shot at each validation (GPT-1 Fig. 2); logged only", factory=list
+    )
+    zeroshot_examples: int | None = observation(200, "dev examples per zero-shot task (unset: all)", check=at_least(1))
+    activation_checkpointing: bool = placement(False, "fsdp: recompute each Transformer block in the backward pass")
+    launcher: str = placement("", "command prefix starting the training job's ranks, e.g. srun or torchrun ...")
+
+    def check(self) -> None:
+        if self.strategy.startswith(("fsdp", "deepspeed")) and self.accelerator == "cpu":
+            raise FieldError("strategy", f"({self.strategy}) needs a GPU; accelerator is 'cpu'")
+
+    def accumulation(self, block_size: int, world_size: int = 1) -> int:
+        """Micro-batches per optimizer step so a step sees about `tokens_per_step` tokens on all ranks (1: unset)."""
+        if self.tokens_per_step is None:
+            return 1
+        return max(1, round(self.tokens_per_step / (self.batch_size * block_size * world_size)))
+
+    def global_batch(self, block_size: int, world_size: int) -> int:
+        """Windows per optimizer step over all ranks: what a step trains on, whatever the device count."""
+        return self.accumulation(block_size, world_size) * world_size * self.batch_size
+
+
+@dataclass
+class FinetuneConfig(Section):
+    """Per-task fine-tuning with GPT-1's input transformations and auxiliary LM loss.
+
+    The fields marked `RECIPE` can be changed per task in `per_task.<task>`.
+    """
+
+    tasks: list[str] = knob(
+        doc="the tasks fine-tuned and evaluated", check=NON_EMPTY, factory=lambda: ["sst2", "story_cloze"]
+    )
+    lr: float = knob(6.25e-5, "peak learning rate (GPT-1: 6.25e-5)", check=above(0))
+    epochs: int = knob(3, "passes over the training split", check=at_least(1))
+    batch_size: int = knob(32, "examples per optimizer step", check=at_least(1))
+    aux_lm_weight: float = knob(0.5, "λ of L3 = L2 + λ·L1 (0 turns the auxiliary LM loss off)", check=at_least(0))
+    warmup_fraction: float = knob(
+        0.002, "share of the steps in linear warmup, then linear decay to 0", check=between(0, 1, high_open=True)
+    )
+    weight_decay: float = knob(0.01, "AdamW decoupled weight decay", check=at_least(0))
+    clf_dropout: float = knob(0.1, "dropout before the task head", check=between(0, 1, high_open=True))
+    max_examples: int | None = knob(None, "cap per split, for quick runs (a seeded subset)", check=at_least(2))
+    max_len: int | None = knob(None, "input tokens per example; unset: model.block_size", check=at_least(8))
+    init: str = knob(
+        "pretrained",
+        "pretrained (the pipeline's) | scratch (random, same architecture) | a model dir",
+        check=matches(r".+", "non-empty"),
+    )
+    early_stopping_patience: int | None = knob(
+        None, "stop after N dev checks without improvement of the dev metric", check=at_least(1)
+    )
+    select_best: bool = knob(False, "keep the weights of the best dev-metric epoch instead of the last")
+    ckpt_every: int = observation(
+        50, "optimizer steps between mid-stage checkpoints (exact resume after a kill)", check=at_least(1)
+    )
+    seeds: list[int] | None = knob(None, "fine-tune (and evaluate) each task once per seed", check=NON_EMPTY)
+    per_task: dict[str, FinetuneOverrides] = knob(  # type: ignore[valid-type]
+        doc="task name -> recipe overrides (any of the recipe keys)", factory=dict
+    )
+
+    def check(self) -> None:
+        for name in self.per_task:
+            if name not in self.tasks:
+                raise FieldError(f"per_task.{name}", f": {name!r} is not in finetune.tasks")
+
+
+# The keys `finetune.per_task.<task>` may override: the recipe, not the plan (tasks, seeds) or logging.
+RECIPE_KEYS = (
+    "lr", "epochs", "batch_size", "aux_lm_weight", "warmup_fraction", "weight_decay", "clf_dropout",
+    "max_examples", "max_len", "early_stopping_patience", "select_best",
+)  # fmt: skip
+
+
+def _override_field(f: dataclasses.Field[Any]) -> tuple[str, Any, Any]:
+    """A recipe field as an override: optional (unset keeps the default), same doc and check."""
+    return (
+        f.name,
+        f.type if "None" in str(f.type) else f"{f.type} | None",
+        knob(None, f.metadata["doc"], check=f.metadata["check"]),
+    )
+
+
+# `finetune.per_task.<task>`: FinetuneConfig's recipe fields, each optional; derived, so the two cannot drift.
+FinetuneOverrides = dataclasses.make_dataclass(
+    "FinetuneOverrides",
+    [_override_field(f) for f in dataclasses.fields(FinetuneConfig) if f.name in RECIPE_KEYS],
+    bases=(Section,),
+    namespace={
+        "__doc__": "Per-task changes to the fine-tuning recipe; unset keys keep `finetune`'s value.",
+        "__module__": __name__,
+    },
+)
+
+__all__ = ["OBSERVATION", "FinetuneConfig", "FinetuneOverrides", "PretrainConfig", "RECIPE_KEYS"]
