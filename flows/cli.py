@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flows.config_command import add_config_parser, cmd_config
 from flows.gc_command import add_gc_parser, cmd_gc
 from flows.workspace import Workspace
 
@@ -137,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--workspace")
     ui.add_argument("--port", type=int, default=5000)
     add_gc_parser(sub)
+    add_config_parser(sub)
     return p
 
 
@@ -245,6 +247,7 @@ def cmd_report(args: argparse.Namespace, ws: Workspace) -> int:
 
     from reports.run_report import build_report
 
+    ws.check_tracking()
     files = build_report(MlflowClient(ws.tracking_uri), args.run_id, Path(args.out))
     print(f"{files.html}\n{files.markdown}")
     return 0
@@ -258,6 +261,7 @@ def cmd_compare(args: argparse.Namespace, ws: Workspace) -> int:
 
     suffix = Path(args.out).suffix.lstrip(".") if args.out else ""
     fmt = args.format or (suffix if suffix in ("html", "csv", "md") else "html")
+    ws.check_tracking()
     table = comparison_table(pipeline_runs(ws.tracking_uri, args.experiment, args.runs))
     out = write_comparison(table, MlflowClient(ws.tracking_uri), Path(args.out or f"compare.{fmt}"), fmt)
     print(out)
@@ -328,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.stage import user_error
 
     args = _parser().parse_args(argv)
-    if getattr(args, "store", None):  # the stage tasks and the flow read it from the environment
-        os.environ[STORE_ENV] = normalize_url(args.store)
+    if args.command == "config":  # no workspace, no torch or tiktoken: answers at once
+        return cmd_config(args)
     try:
+        if getattr(args, "store", None):  # the stage tasks and the flow read it from the environment
+            os.environ[STORE_ENV] = normalize_url(args.store)
         ws = Workspace.resolve(args.workspace)
+        ws.check_directory(args.workspace)  # every command: a file in the way fails here, not deep inside
         ws.configure_environment()
         return COMMANDS[args.command](args, ws)
     except KeyboardInterrupt as e:

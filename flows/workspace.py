@@ -17,6 +17,33 @@ def private_cache_dir() -> Path:
     return root
 
 
+def origin(given: str | None) -> str:
+    """Where the workspace path came from, for messages: `--workspace`, GPTFLOW_HOME or the default."""
+    if given:
+        return "--workspace"
+    return "GPTFLOW_HOME" if os.environ.get("GPTFLOW_HOME") else "the default, ./workspace"
+
+
+def check_sqlite(path: Path) -> None:
+    """ConfigError naming `path` when it exists but is not a SQLite database (opened read-only: never created)."""
+    import sqlite3
+
+    from gpt.config.fields import ConfigError
+
+    if not path.exists():
+        return  # MLflow creates it
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        if "locked" in str(e):  # busy, not broken: MLflow waits for it too
+            return
+        raise ConfigError(
+            f"MLflow store {path} is not a usable SQLite database ({e}); move it aside to start a new one, "
+            "or restore it from a backup"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Paths and tracking URIs of a workspace; real servers win when their env vars are set."""
@@ -26,7 +53,28 @@ class Workspace:
     @classmethod
     def resolve(cls, path: str | None) -> Workspace:
         """`--workspace`, else `GPTFLOW_HOME`, else `./workspace`."""
-        return cls(Path(path or os.environ.get("GPTFLOW_HOME") or "workspace").expanduser().resolve())
+        from tasks.errors import StageError
+
+        chosen = path or os.environ.get("GPTFLOW_HOME") or "workspace"
+        try:
+            return cls(Path(chosen).expanduser().resolve())
+        except RuntimeError as e:  # `~user/...` for an unknown user, or no home directory
+            raise StageError(f"workspace {chosen!r} ({origin(path)}) cannot be resolved: {e}") from None
+
+    def check_directory(self, given: str | None) -> None:
+        """One line, for every command, when the workspace (or a folder above it) is a file: before any
+        command reads it, so none fails deep inside MLflow or the planner. `given` is `--workspace`."""
+        from tasks.errors import StageError
+
+        for p in (self.root, *self.root.parents):
+            if p.exists():
+                if not p.is_dir():
+                    where = "" if p == self.root else f": {p} is a file"
+                    raise StageError(
+                        f"workspace {self.root} ({origin(given)}) is not a directory{where}; "
+                        "pass --workspace DIR or set GPTFLOW_HOME to a directory"
+                    )
+                return
 
     @property
     def artifacts(self) -> Path:
@@ -81,11 +129,15 @@ class Workspace:
             ) from None
 
     def check_tracking(self) -> None:
-        """Fail fast, with one line, when MLFLOW_TRACKING_URI names a server that does not answer.
+        """Fail fast, with one line, when MLFLOW_TRACKING_URI names a server that does not answer,
+        or the workspace's `mlflow.db` is not a SQLite database (MLflow would fail with a traceback).
 
         MLflow's own client would retry for minutes before giving up.
         """
         uri = self.tracking_uri
+        if uri.startswith("sqlite:///"):
+            check_sqlite(Path(uri.removeprefix("sqlite:///")))
+            return
         if not uri.startswith(("http://", "https://")):
             return
         import httpx

@@ -27,6 +27,7 @@ from gpt.config.fields import OBSERVATION, PLACEMENT
 if TYPE_CHECKING:
     from gpt.config.experiment import ExperimentConfig
     from tasks.content import DigestCache
+    from tasks.variants import Variant
 
 NOT_IN_KEY = (OBSERVATION, PLACEMENT, "location")  # field roles the key leaves out
 
@@ -64,7 +65,7 @@ class Planned:
     name: str  # e.g. "pretrain", "finetune[sst2-seed2]"
     section: Any  # a typed section dataclass: all the compute may read
     upstream: list[str]  # names of the stages it reads (or, for the report, waits for)
-    task: str | None = None  # the variant, for per-task stages
+    variant: Variant | None = None  # the task variant, for per-task stages
 
 
 @dataclass

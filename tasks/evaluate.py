@@ -45,7 +45,7 @@ def plan_evaluate(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
         task = task_input(variant.task, cfg, ctx.digests, ("dev", "test"))
         section = EvaluateSection(task, r.max_examples, r.max_len, cfg.seed)
         out.append(
-            Planned(f"evaluate[{variant.name}]", section, [f"finetune[{variant.name}]", "tokenizer"], variant.name)
+            Planned(f"evaluate[{variant.name}]", section, [f"finetune[{variant.name}]", "tokenizer"], variant)
         )
     return out
 

@@ -119,7 +119,7 @@ def plan_finetune(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     for variant in variants(cfg):
         section = finetune_section(cfg, variant, ctx.digests)
         upstream = ["pretrain", "tokenizer"] if section.recipe.init == "pretrained" else ["tokenizer"]
-        out.append(Planned(f"finetune[{variant.name}]", section, upstream, variant.name))
+        out.append(Planned(f"finetune[{variant.name}]", section, upstream, variant))
     return out
 
 

@@ -33,7 +33,7 @@ def build_plan(
         for planned in definition.instances(cfg, ctx):
             upstream = [stages[u] for u in planned.upstream]
             stages[planned.name] = Stage(
-                planned.name, definition, planned.section, upstream, artifacts_root, planned.task
+                planned.name, definition, planned.section, upstream, artifacts_root, planned.variant
             )
             ctx.planned.append(planned)
     digests.save()
@@ -74,8 +74,12 @@ def select(
     --force S recomputes S and everything downstream; --from S does the same but requires the
     stages before S to be done already; --rebuild S recomputes just S (a corrupt directory; stages
     after it are reused when it comes out byte-identical); --only runs just the named stages
-    (cached if done). Raises ConfigError for unknown stage names or missing upstream outputs.
+    (cached if done). Raises ConfigError for unknown stage names, an empty selection (`--only ''`
+    would otherwise mean "everything") or missing upstream outputs.
     """
+    for flag, value in (("--only", only), ("--from", from_stage), ("--force", force), ("--rebuild", rebuild)):
+        if value is not None and not value:
+            raise ConfigError(f"{flag} names no stage; give stage names (e.g. {flag} pretrain) or leave the flag out")
     for sel in [*(only or []), *(force or []), *(rebuild or []), *([from_stage] if from_stage else [])]:
         if not any(_matches(s, sel) for s in plan):
             names = ", ".join(s.name for s in plan)

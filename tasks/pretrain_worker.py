@@ -18,12 +18,12 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from gpt.config.loader import from_dict
 from gpt.train.config import PretrainConfig
+from tasks.definition import StageOutput
 from tasks.errors import StageError
 from tasks.placement import planned_world_size
+from tasks.pretrain_job import PretrainJob, train
 
 SPEC_FILE, RESULT_FILE, LOG_FILE = "worker_spec.json", "worker_result.json", "worker.log"
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,33 +34,16 @@ def needs_worker(cfg: PretrainConfig) -> bool:
     return bool(cfg.launcher) or planned_world_size(cfg) > 1
 
 
-def run_worker(
-    section: Any,
-    tok_dir: Path,
-    encode_dir: Path,
-    out: Path,
-    tracking_uri: str | None,
-    run_id: str | None,
-    cache_dir: Path,
-) -> dict[str, Any]:
-    """Run `pretrain.launcher` + this module on a spec file and return rank 0's summary/info.
+def run_worker(job: PretrainJob) -> StageOutput:
+    """Run `pretrain.launcher` + this module on the job's spec file and return rank 0's result.
 
     The child is its own process group, so an interrupted stage (SIGTERM, Ctrl-C) takes all ranks down.
     """
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = job.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "section": asdict(section),
-        "tok_dir": str(tok_dir),
-        "encode_dir": str(encode_dir),
-        "out": str(out),
-        "tracking_uri": tracking_uri,
-        "run_id": run_id,
-        "cache_dir": str(cache_dir),
-    }
-    (ckpt_dir / SPEC_FILE).write_text(json.dumps(spec))
+    (ckpt_dir / SPEC_FILE).write_text(job.to_json())
     (ckpt_dir / RESULT_FILE).unlink(missing_ok=True)
-    command = [*shlex.split(section.pretrain.launcher), sys.executable, "-m", __name__, str(ckpt_dir / SPEC_FILE)]
+    command = [*shlex.split(job.section.pretrain.launcher), sys.executable, "-m", __name__, str(ckpt_dir / SPEC_FILE)]
     if shutil.which(command[0]) is None:
         raise StageError(f"config key 'pretrain.launcher': command {command[0]!r} not found on PATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -83,34 +66,23 @@ def run_worker(
         raise StageError(
             f"training job `{shlex.join(command)}` failed (exit {code}): {lines[-1] if lines else ''} (log: {log})"
         )
-    return result
+    return StageOutput(**result)
 
 
 def main(spec_path: str) -> None:
     """Train on this rank from the spec; rank 0 writes the result file (or the one-line error)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from tasks.pretrain import PretrainSection, train
-
-    spec = json.loads(Path(spec_path).read_text())
-    section = from_dict(PretrainSection, spec["section"])  # JSON, checked field by field: nothing unpickled
+    job = PretrainJob.from_json(Path(spec_path).read_text())
     result_file = Path(spec_path).with_name(RESULT_FILE)
     try:
-        result = train(
-            section,
-            Path(spec["tok_dir"]),
-            Path(spec["encode_dir"]),
-            Path(spec["out"]),
-            spec["tracking_uri"],
-            spec["run_id"],
-            Path(spec["cache_dir"]),
-        )
+        result = train(job)
     except StageError as e:
         if rank_zero_only.rank == 0:
             result_file.write_text(json.dumps({"error": str(e)}))
         sys.exit(1)
     if rank_zero_only.rank == 0:
-        result_file.write_text(json.dumps(result))
+        result_file.write_text(json.dumps(asdict(result)))
 
 
 if __name__ == "__main__":

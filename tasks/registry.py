@@ -24,7 +24,6 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from gpt.config.fields import ConfigError
-from reports.runs import split_variant
 from tasks.stage import Stage
 
 MODEL_ARTIFACT = "registered_model"  # artifact path of the logged pyfunc model inside the stage run
@@ -128,10 +127,10 @@ def register_stage_model(
     `pretrain`, and the fine-tuned model (scored by its task metric) after a computed `evaluate[task]`."""
     if cached:
         return None
-    task, variant = split_variant(stage.task or "")
-    if variant and "no_" in variant:  # ablations are not the experiment's model; seeds compete for `best`
+    if stage.variant is not None and stage.variant.ablation:  # not the experiment's model; seeds compete for `best`
         return None
     summary = stage.manifest().get("summary", {})
+    task = stage.variant.task if stage.variant is not None else ""
     tokenizer = next(u.dir for u in stage.upstream_stages if u.kind == "tokenizer")
     if stage.kind == "pretrain":
         value = float(summary.get("final_val_loss", float("nan")))

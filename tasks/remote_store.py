@@ -36,7 +36,13 @@ def normalize_url(url: str) -> str:
     (the form MLflow accepts as an artifact location too)."""
     url = url.strip()
     if "://" not in url:
-        return Path(url).expanduser().resolve().as_uri()
+        try:
+            return Path(url).expanduser().resolve().as_uri()
+        except RuntimeError as e:  # `~user/...` for an unknown user, or no home directory
+            raise StoreError(
+                f"--store / {STORE_ENV}: cannot resolve {url!r} ({e}); give an absolute path or a URL "
+                f"such as file:///shared/dir"
+            ) from None
     return url.rstrip("/")
 
 

@@ -30,7 +30,7 @@ import zipfile
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt.config.experiment import flatten, hash_json
 from gpt.config.fields import ConfigError
@@ -40,6 +40,9 @@ from tasks.content import ContentError
 from tasks.definition import StageDef, key_view
 from tasks.errors import KeyPending, StageError
 from tasks.locks import file_lock
+
+if TYPE_CHECKING:
+    from tasks.variants import Variant
 
 MANIFEST = "manifest.json"
 PARTIAL_RECORD = ".gptflow-partial.json"  # what a partial directory is for (kind, key, version); gc reads it
@@ -58,7 +61,7 @@ class Stage:
     section: Any  # the typed section: all its compute reads (see tasks/definition.py)
     upstream_stages: list[Stage]
     artifacts_root: Path
-    task: str | None = None  # the variant, for per-task stages
+    variant: Variant | None = None  # the task variant, for per-task stages
     pinned: dict[str, str] | None = None  # upstream output digests this run computes from (see `pin`)
 
     @property

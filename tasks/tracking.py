@@ -120,8 +120,8 @@ class Tracker:
             "gptflow.kind": "stage",
             **owner_tags(),
         }
-        if stage.task:
-            tags["task"] = stage.task
+        if stage.variant:
+            tags["task"] = stage.variant.name
         return self.client.create_run(self.experiment_id, run_name=stage.name, tags=tags).info.run_id
 
     def finish_child(self, run_id: str, stage: Stage, manifest: dict[str, Any], cached: bool) -> None:
@@ -133,7 +133,8 @@ class Tracker:
         summary = _finite(manifest.get("summary", {}))
         self.log_metrics(run_id, summary)
         # evaluate[sst2] -> sst2.accuracy (the comparison table's columns); finetune[sst2] -> finetune.sst2.*
-        prefix = stage.task if stage.kind == "evaluate" else stage.name.replace("[", ".").rstrip("]")
+        evaluated = stage.variant if stage.kind == "evaluate" else None
+        prefix = evaluated.name if evaluated else stage.name.replace("[", ".").rstrip("]")
         self.log_metrics(self.parent_id, {f"{prefix}.{k}": v for k, v in summary.items()})
         self.client.set_terminated(run_id, "FINISHED")
 

@@ -109,14 +109,20 @@ def test_bad_placement_is_a_config_error_before_compute(micro_config):
 )
 def test_training_job_failures_are_one_line_stage_errors(micro_config, tmp_path, launcher, message):
     from gpt.config.loader import load_config
+    from tasks.definition import StageEnv
     from tasks.plan import build_plan
+    from tasks.pretrain_job import PretrainJob
     from tasks.pretrain_worker import run_worker
     from tasks.stage import StageError
 
     cfg = load_config(micro_config, [f"pretrain.launcher={launcher}"])
     (pretrain,) = [s for s in build_plan(cfg, tmp_path / "artifacts") if s.name == "pretrain"]
     with pytest.raises(StageError) as err:
-        run_worker(pretrain.section, tmp_path, tmp_path, tmp_path / "out", None, None, tmp_path)
+        run_worker(
+            PretrainJob(
+                pretrain.section, tmp_path, tmp_path, tmp_path / "out", StageEnv("pretrain", None, None, tmp_path)
+            )
+        )
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

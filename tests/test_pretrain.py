@@ -1,4 +1,3 @@
-
 import lightning as L
 import pytest
 import torch
@@ -62,8 +61,8 @@ def test_samples_are_logged_to_mlflow_at_each_validation(shards, tmp_path, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLFlowLogger sets it; don't leak it to other tests
     from mlflow.tracking import MlflowClient
 
+    from gpt.train.samples import SampleCallback
     from tasks.mlflow_logger import stage_logger
-    from tasks.pretrain import sample_logger
 
     shard_dir, vocab = shards
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -72,13 +71,16 @@ def test_samples_are_logged_to_mlflow_at_each_validation(shards, tmp_path, monke
     run_id = client.create_run(exp).info.run_id
     docs = [f"Once upon a time, story {i} told of a king and a cat who lived by the sea." * 8 for i in range(40)]
     enc = build_encoding(train_bpe(docs, 300), SPLIT_PATTERN)
-    callbacks = [sample_logger(enc, 8, seed=0)]
+    logger = stage_logger(uri, run_id)
+    callbacks = [
+        SampleCallback(enc, 8, 0, lambda step, text: client.log_text(run_id, text, f"samples/step_{step:07d}.txt"))
+    ]
     pretrain(
         *_setup(vocab),
         shard_dir,
         tmp_path / "ckpt",
         seed=0,
-        logger=stage_logger(uri, run_id),
+        logger=logger,
         extra_callbacks=callbacks,
     )
     names = sorted(a.path for a in client.list_artifacts(run_id, "samples"))

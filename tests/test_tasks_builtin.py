@@ -94,7 +94,7 @@ def test_ablation_and_seed_variants_in_the_plan(tmp_path):
     assert by_name["finetune[sst2-no_aux_lm]"].section.recipe.aux_lm_weight == 0.0
     assert by_name["finetune[story_cloze]"].section.recipe.lr == 6.25e-5
     assert by_name["finetune[story_cloze]"].upstream == ["pretrain", "tokenizer"]
-    assert by_name["evaluate[sst2-no_pretraining]"].task == "sst2-no_pretraining"  # parent: sst2-no_pretraining.*
+    assert by_name["evaluate[sst2-no_pretraining]"].variant.name == "sst2-no_pretraining"
     # evaluation of all variants of a task reads the same dev examples
     assert by_name["evaluate[sst2]"].section == by_name["evaluate[sst2-no_aux_lm]"].section
     assert by_name["evaluate[sst2]"].upstream != by_name["evaluate[sst2-no_aux_lm]"].upstream  # other weights

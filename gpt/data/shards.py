@@ -24,13 +24,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tiktoken
 from tqdm import tqdm
 
 from gpt.data.sources import sha256_file
 from gpt.data.tokenizer import EOT
+
+if TYPE_CHECKING:
+    import tiktoken
 
 SPLITS = ("train", "val")
 META_FILE = "shards.json"

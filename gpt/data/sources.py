@@ -14,6 +14,7 @@ import glob
 import gzip
 import hashlib
 import os
+import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from urllib.error import HTTPError
 from urllib.parse import parse_qs, quote, urlparse
 
 MIRROR_SCHEME = "mirror://"
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # the `#sha256=` of an https source
 
 
 class SourceError(ValueError):
@@ -287,8 +289,11 @@ def check_source(source: str) -> None:
         resolve_mirror(source)
         return
     if source.startswith("https://"):
-        if "#sha256=" not in source:
+        url, sep, digest = source.partition("#sha256=")
+        if not sep:
             raise SourceError(f"https source needs a checksum: {source}#sha256=<hex>")
+        if not SHA256_HEX.fullmatch(digest):
+            raise SourceError(f"https source {url}: '#sha256={digest}' is not a sha256 (64 hex digits, lower case)")
         return
     if source.startswith("hf://"):
         _, _, opts = parse_hf(source)

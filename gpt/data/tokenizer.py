@@ -11,9 +11,10 @@ import base64
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
+if TYPE_CHECKING:  # tiktoken loads on first use: the planner reads this module's constants only
+    import tiktoken
 
 # The GPT-4 split pattern (as nanochat uses it); GPT-2's pattern is kept for the `gpt2` kind.
 SPLIT_PATTERN = (
@@ -45,6 +46,8 @@ def build_encoding(ranks: dict[bytes, int], pattern: str, name: str = "gptflow")
     """A tiktoken Encoding over `ranks` with the four specials appended after the last rank."""
     base = max(ranks.values()) + 1
     specials = {tok: base + i for i, tok in enumerate(SPECIALS)}
+    import tiktoken
+
     return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
 
 
@@ -69,6 +72,9 @@ def load_tokenizer(tok_dir: str | Path) -> tiktoken.Encoding:
     """Rebuild the Encoding saved by `save_tokenizer`."""
     d = Path(tok_dir)
     meta = json.loads((d / META_FILE).read_text())
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
     ranks = load_tiktoken_bpe(str(d / meta["ranks_file"]))
     return tiktoken.Encoding(
         name=meta["name"], pat_str=meta["pattern"], mergeable_ranks=ranks, special_tokens=meta["special_tokens"]

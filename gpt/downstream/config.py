@@ -84,7 +84,9 @@ class CustomTaskConfig(Section):
         if self.delimiter is not None and len(self.delimiter) != 1:
             raise FieldError("delimiter", "must be one character")
         try:
-            codecs.lookup(self.encoding)
+            # rot13, base64, zlib...: codecs Python knows, but not text encodings (open() refuses them)
+            if not getattr(codecs.lookup(self.encoding), "_is_text_encoding", True):
+                raise LookupError(self.encoding)
         except LookupError:
             raise FieldError(
                 "encoding", f": {self.encoding!r} is not a text encoding Python knows (e.g. utf-8, latin-1)"

@@ -90,17 +90,25 @@ def read_table(
     reader = csv.reader(
         text.splitlines(), delimiter=sep, quoting=csv.QUOTE_NONE if quoting == "none" else csv.QUOTE_MINIMAL
     )
-    header = next(reader, None)
-    if not header:
-        raise TaskDataError(f"{path}: no header row")
-    rows = []
-    for record in reader:
-        lineno = reader.line_num
-        if not record:
-            continue
-        if len(record) != len(header):
-            raise TaskDataError(f"{path}:{lineno}: {len(record)} fields, the header has {len(header)}")
-        rows.append((lineno, dict(zip(header, record, strict=True))))
+    try:
+        header = next(reader, None)
+        if not header:
+            raise TaskDataError(f"{path}: no header row")
+        seen: set[str] = set()
+        for column in header:
+            if column in seen:
+                raise TaskDataError(f"{path}:1: column {column!r} appears twice in the header; rename one")
+            seen.add(column)
+        rows = []
+        for record in reader:
+            lineno = reader.line_num
+            if not record:
+                continue
+            if len(record) != len(header):
+                raise TaskDataError(f"{path}:{lineno}: {len(record)} fields, the header has {len(header)}")
+            rows.append((lineno, dict(zip(header, record, strict=True))))
+    except csv.Error as e:  # a field over csv.field_size_limit(), a NUL byte, a stray quote with quoting: none
+        raise TaskDataError(f"{path}:{reader.line_num}: not readable as {fmt} ({e})") from None
     if not rows:
         raise TaskDataError(f"{path}: no data rows after the header")
     return header, rows

@@ -312,8 +312,9 @@ def save_task_model(model: TaskModel, out_dir: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, out_dir / WEIGHTS_FILE)
 
 
-def load_task_model(model_dir: Path) -> TaskModel:
-    """Rebuild a TaskModel written by `save_task_model`."""
+def load_task_model(model_dir: str | Path) -> TaskModel:
+    """Rebuild a TaskModel written by `save_task_model` (safetensors: no pickle is ever loaded)."""
+    model_dir = Path(model_dir)
     meta = json.loads((model_dir / TASK_MODEL_FILE).read_text())
     gpt = GPT(ModelConfig(**meta["gpt"]))
     model = TaskModel(gpt, meta["task_type"], meta["num_outputs"], meta["clf_dropout"], meta.get("regression", False))

@@ -1,0 +1,122 @@
+"""One pretraining job: what it reads and writes (`PretrainJob`) and the training run itself (`train`).
+
+The same job runs in the stage's process (one device) or as `tasks.pretrain_worker` on every rank
+of a multi-process job; it crosses that process boundary as JSON, rebuilt field by field (nothing
+unpickled). torch and Lightning are imported inside `train` so planning never pays for them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gpt.config.fields import observation
+from gpt.config.loader import from_dict
+from gpt.downstream.config import CustomTaskConfig
+from gpt.model.config import ModelConfig
+from gpt.train.config import PretrainConfig
+from tasks.definition import StageEnv, StageOutput
+from tasks.errors import StageError
+
+MODEL_DIR = "model"
+SAMPLES_FILE = "samples.txt"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass
+class PretrainSection:
+    """The architecture, the training recipe and the seed; `pretrain`'s observation and placement fields
+    (logging cadence, checkpoints kept, zero-shot scoring, devices) are in it but not in its key."""
+
+    model: ModelConfig
+    pretrain: PretrainConfig
+    seed: int
+    device: str  # gpu | cpu (`accelerator` resolved): numerics, and what `precision: auto` / `compile` become
+    global_batch: int  # windows per optimizer step over all ranks (`batch_size` × ranks unless `tokens_per_step`)
+    zeroshot_custom: dict[str, CustomTaskConfig] = observation(
+        None, "custom tasks scored zero-shot (logged only)", factory=dict
+    )
+
+
+@dataclass
+class PretrainJob:
+    """A pretraining job: its section, the tokenizer and token shards it reads, where it writes, its run."""
+
+    section: PretrainSection
+    tokenizer_dir: Path
+    encode_dir: Path
+    out: Path
+    env: StageEnv
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where Lightning's checkpoints (and a worker job's spec, result and log) live."""
+        return self.out / CHECKPOINTS_DIR
+
+    def to_json(self) -> str:
+        """The job as JSON, for a training job in other processes."""
+        paths = {"tokenizer_dir": self.tokenizer_dir, "encode_dir": self.encode_dir, "out": self.out}
+        env = {**asdict(self.env), "cache_dir": str(self.env.cache_dir), "digests": None}
+        return json.dumps({"section": asdict(self.section), **{k: str(v) for k, v in paths.items()}, "env": env})
+
+    @classmethod
+    def from_json(cls, text: str) -> PretrainJob:
+        """The job back from `to_json`; the section is rebuilt and checked field by field."""
+        spec = json.loads(text)
+        env = spec["env"]
+        return cls(
+            from_dict(PretrainSection, spec["section"]),
+            Path(spec["tokenizer_dir"]),
+            Path(spec["encode_dir"]),
+            Path(spec["out"]),
+            StageEnv(env["name"], env["run_id"], env["tracking_uri"], Path(env["cache_dir"])),
+        )
+
+
+def train(job: PretrainJob, extra_callbacks: list[Any] | None = None) -> StageOutput:
+    """Train (resuming from the newest intact checkpoint); rank 0 writes model/ and samples.txt.
+
+    Runs on every rank of a multi-process job; returns the stage's summary and info.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from gpt.data.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
+    from gpt.model.transformer import save_model
+    from gpt.train.pretrain import pretrain
+    from gpt.train.samples import SampleCallback, sample_text
+    from tasks.mlflow_logger import stage_logger
+
+    section, p = job.section, job.section.pretrain
+    enc = load_tokenizer(job.tokenizer_dir)
+    model_config = section.model.with_vocab(enc.n_vocab)
+    logger = stage_logger(job.env.tracking_uri, job.env.run_id)
+
+    def log_samples(step: int, text: str) -> None:
+        if logger:
+            logger.experiment.log_text(logger.run_id, text, f"samples/step_{step:07d}.txt")
+
+    callbacks = [SampleCallback(enc, p.sample_tokens, section.seed, log_samples), *(extra_callbacks or [])]
+    if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
+        from gpt.downstream.zeroshot import zeroshot_callback
+
+        zeroshot = zeroshot_callback(
+            p.zeroshot_tasks, enc, job.env.cache_dir, p.zeroshot_examples, section.seed, section.zeroshot_custom
+        )
+        callbacks.append(zeroshot)
+    try:
+        model, result = pretrain(
+            model_config, p, job.encode_dir, job.checkpoints, section.seed, logger=logger, extra_callbacks=callbacks
+        )
+    except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
+        raise StageError(str(e)) from None  # the runner prefixes the stage name
+    if rank_zero_only.rank == 0:
+        save_model(model, job.out / MODEL_DIR)
+        for name in (RANKS_FILE, META_FILE):
+            shutil.copy2(job.tokenizer_dir / name, job.out / MODEL_DIR / name)
+        (job.out / SAMPLES_FILE).write_text(sample_text(model, enc, p.sample_tokens, section.seed))
+    return StageOutput(
+        summary=asdict(result), info={"gpt_config": asdict(model_config)}, artifacts=[MODEL_DIR, SAMPLES_FILE]
+    )
