@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.config_command import add_config_parser, cmd_config
+from flows.config_command import add_config_options, add_config_parser, cmd_config
 from flows.gc_command import add_gc_parser, cmd_gc
 from flows.workspace import Workspace
 
@@ -42,15 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="YAML config (e.g. configs/demo.yaml); defaults apply when omitted")
-        sp.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set pretrain.max_steps=100 (repeatable)",
-        )
+        add_config_options(sp)
         sp.add_argument("--workspace", help="workspace directory (default: $GPTFLOW_HOME or ./workspace)")
         sp.add_argument(
             "--seeds", type=_seeds, help="fine-tune and evaluate every task once per seed, e.g. 1,2,3 (finetune.seeds)"
@@ -159,7 +151,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     """Validate everything cheap first, then start the Prefect flow on a temporary API tied to this process."""
     from tasks.content import DigestCache
-    from tasks.plan import build_plan, check_inputs, check_stages, select
+    from tasks.plan import build_plan, check_corpus_fits, check_inputs, check_stages, select
     from tasks.stage import StageError
 
     cfg = _load(args)
@@ -167,7 +159,9 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     digests = DigestCache(ws.digests)
     plan = build_plan(cfg, ws.artifacts, digests=digests)
     _report_hashing(digests)
-    check_stages(plan, *select(plan, args.only, args.from_stage, args.force, args.rebuild))
+    selected, forced = select(plan, args.only, args.from_stage, args.force, args.rebuild)
+    check_corpus_fits(cfg, selected)
+    check_stages(plan, selected, forced)
     ws.check_writable()
     ws.check_tracking()
     ws.check_store()
@@ -227,12 +221,13 @@ def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
 def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
     """Validate the config like `run`, then serve the scheduled deployment until interrupted."""
     from flows.serve import check_cron, serve
-    from tasks.plan import build_plan, check_inputs, select
+    from tasks.plan import build_plan, check_corpus_fits, check_inputs, select
 
     cfg = _load(args)
     check_cron(args.cron)
     check_inputs(cfg)
-    select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force, args.rebuild)
+    selected, _ = select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force, args.rebuild)
+    check_corpus_fits(cfg, selected)
     ws.check_writable()
     ws.check_tracking()
     ws.check_store()

@@ -25,14 +25,19 @@ def add_config_parser(sub: argparse._SubParsersAction) -> None:
     )
     cfg.add_argument("section", nargs="?", help="only the keys at or under this prefix, e.g. pretrain or tasks")
     cfg.add_argument("--markdown", action="store_true", help="print a Markdown table instead of aligned text")
-    cfg.add_argument("--config", help="also show the values this YAML config resolves to")
-    cfg.add_argument(
+    add_config_options(cfg)
+
+
+def add_config_options(sp: argparse.ArgumentParser) -> None:
+    """`--config FILE` and repeatable `--set KEY=VALUE`: how every command that reads a config takes it."""
+    sp.add_argument("--config", help="YAML config (e.g. configs/demo.yaml); defaults apply when omitted")
+    sp.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key before showing the values, e.g. --set pretrain.lr=1e-3 (repeatable)",
+        help="override a config key, e.g. --set pretrain.max_steps=100 (repeatable)",
     )
 
 

@@ -44,7 +44,19 @@ _PUBLIC = {
     "ExperimentConfig": "gpt.config.experiment",
     "load_config": "gpt.config.loader",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "GPT",
+    "ExperimentConfig",
+    "ModelConfig",
+    "TaskModel",
+    "from_hf",
+    "generate",
+    "load_config",
+    "load_model",
+    "load_task_model",
+    "load_tokenizer",
+    "save_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,11 +20,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gpt.config.fields import OBSERVATION, PLACEMENT
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from gpt.config.experiment import ExperimentConfig
     from tasks.content import DigestCache
     from tasks.variants import Variant
@@ -63,7 +65,7 @@ class Planned:
     """One stage of a kind, as its definition plans it from the config."""
 
     name: str  # e.g. "pretrain", "finetune[sst2-seed2]"
-    section: Any  # a typed section dataclass: all the compute may read
+    section: DataclassInstance  # a typed section dataclass: all the compute may read
     upstream: list[str]  # names of the stages it reads (or, for the report, waits for)
     variant: Variant | None = None  # the task variant, for per-task stages
 
@@ -77,18 +79,18 @@ class PlanContext:
     planned: list[Planned] = field(default_factory=list)  # the stages planned so far, in order
 
 
-Compute = Callable[[Any, dict[str, Path], Path, StageEnv], StageOutput]
+S = TypeVar("S")  # a stage kind's section type
 
 
 @dataclass(frozen=True)
-class StageDef:
+class StageDef(Generic[S]):
     """One stage kind: all that the plan, runner, fan-out, registry and reports need to know of it."""
 
     kind: str
     version: str  # bump when the code changes what it writes (tests/test_stage_lock.py enforces it)
     doc: str  # one line for `gptflow stages` and the docs
     instances: Callable[[ExperimentConfig, PlanContext], list[Planned]]
-    compute: Compute
+    compute: Callable[[S, dict[str, Path], Path, StageEnv], StageOutput]  # section, upstream dirs, out, env
     outputs: tuple[str, ...] = ("**",)  # globs of the files downstream stages read (their digest keys them)
     resumable: bool = False  # its partial directory holds checkpoints worth keeping across a killed run
     retries: int = 0  # Prefect retries (network fetches); training stages resume from checkpoints instead

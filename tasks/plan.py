@@ -6,15 +6,15 @@ from pathlib import Path
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
-from gpt.data.corpus import check_corpus_sources
-from gpt.data.sources import SourceError
+from gpt.data.corpus import check_corpus_sources, corpus_sources
+from gpt.data.sources import CATALOG, MIRROR_SCHEME, SourceError, resolve_local, resolve_mirror
 from tasks.content import DIGESTS_FILE, DigestCache
 from tasks.definition import PlanContext
 from tasks.stage import Stage, StageError, why_stale
 from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
 from tasks.variants import check_task_inputs
 
-__all__ = ["STAGE_KINDS", "VERSIONS", "build_plan", "check_inputs", "describe", "select"]
+__all__ = ["STAGE_KINDS", "VERSIONS", "build_plan", "check_corpus_fits", "check_inputs", "describe", "select"]
 
 
 def build_plan(
@@ -47,6 +47,50 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     except SourceError as e:
         raise ConfigError(str(e)) from None
     check_task_inputs(cfg)
+
+
+# How many tokens local text files can become at most, whatever the tokenizer: a raw byte is at most
+# 3 bytes of text (a bad byte becomes U+FFFD; NFC, with corpus.fix_unicode, grows UTF-8 at most 3x), a
+# token covers at least one byte, and each document (one per text file; a single one is cut in two for
+# train/val) adds one end-of-text token. Compressed files and many-document formats have no such bound.
+_TEXT_BYTES_PER_RAW_BYTE = 3
+_NO_SIZE_BOUND = (".gz", ".parquet", ".jsonl")
+
+
+def check_corpus_fits(cfg: ExperimentConfig, selected: list[Stage]) -> None:
+    """ConfigError before any compute when pretraining is selected and the corpus is local text files
+    too small for one train and one val window of `model.block_size` tokens, however they are tokenized.
+    Remote and catalog sources are not known yet; the pretrain stage checks the token counts itself."""
+    if not any(s.kind == "pretrain" for s in selected):
+        return
+    sources = corpus_sources(cfg.corpus)
+    files: list[Path] = []
+    for _, source, _ in sources:
+        if source in CATALOG or source.startswith(("https://", "hf://")):
+            return
+        try:
+            paths = resolve_mirror(source) if source.startswith(MIRROR_SCHEME) else resolve_local(source)
+        except SourceError:
+            return  # check_inputs names it
+        if any(p.name.endswith(_NO_SIZE_BOUND) for p in paths):
+            return
+        files += paths
+    raw = sum(p.stat().st_size for p in files)
+    text = _TEXT_BYTES_PER_RAW_BYTE * raw
+    max_bytes = cfg.corpus.max_bytes
+    if max_bytes is not None:
+        text = min(text, max_bytes)
+    tokens = text + max(len(files), 2)
+    block_size = cfg.model.block_size
+    need = 2 * (block_size + 1)
+    if tokens < need:
+        key = sources[0][0] if len(sources) == 1 else "corpus.sources"
+        cap = f" (corpus.max_bytes caps the text at {max_bytes})" if max_bytes is not None and max_bytes < raw else ""
+        raise ConfigError(
+            f"config key '{key}': the corpus files hold {raw} bytes{cap}, at most {tokens} tokens, but one train "
+            f"and one val window of model.block_size {block_size} need {need} (2 x (block_size + 1)); "
+            "use a bigger corpus (or a larger corpus.max_bytes) or a smaller model.block_size"
+        )
 
 
 def _matches(stage: Stage, selector: str) -> bool:

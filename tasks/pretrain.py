@@ -13,6 +13,7 @@ from typing import Any
 
 from gpt.config.experiment import ExperimentConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
+from tasks.errors import StageError
 from tasks.pretrain_job import MODEL_DIR, PretrainJob, PretrainSection, train
 from tasks.pretrain_worker import needs_worker, run_worker
 
@@ -41,8 +42,25 @@ def compute(
     `tasks.pretrain_worker` as a child job — Lightning's launcher re-runs the *script* once per local
     rank, which must be that worker and not the whole `gptflow run` with its Prefect flow.
     """
+    check_windows(Path(inputs["encode"]), section.model.block_size)
     job = PretrainJob(section, Path(inputs["tokenizer"]), Path(inputs["encode"]), out, env)
     return run_worker(job) if needs_worker(section.pretrain) else train(job, extra_callbacks)
+
+
+def check_windows(encode_dir: Path, block_size: int) -> None:
+    """StageError, before any training, when a split is too short for one window (what
+    gpt/data/windows.py needs: block_size + 2 tokens, so a window has a random offset to start at)."""
+    from gpt.data.shards import read_manifest
+
+    need = block_size + 2
+    for split, meta in read_manifest(encode_dir)["splits"].items():
+        if meta["tokens"] < need:
+            raise StageError(
+                f"the {split} split has {meta['tokens']} tokens, but one window of model.block_size {block_size} "
+                f"needs {need} (block_size + 2); use a bigger corpus (corpus.source, "
+                f"corpus.max_bytes){', a larger encode.val_fraction' if split == 'val' else ''} "
+                "or a smaller model.block_size"
+            )
 
 
 DEFINITION = StageDef(

@@ -118,5 +118,5 @@ def train(job: PretrainJob, extra_callbacks: list[Any] | None = None) -> StageOu
             shutil.copy2(job.tokenizer_dir / name, job.out / MODEL_DIR / name)
         (job.out / SAMPLES_FILE).write_text(sample_text(model, enc, p.sample_tokens, section.seed))
     return StageOutput(
-        summary=asdict(result), info={"gpt_config": asdict(model_config)}, artifacts=[MODEL_DIR, SAMPLES_FILE]
+        summary=asdict(result), info={"model_config": asdict(model_config)}, artifacts=[MODEL_DIR, SAMPLES_FILE]
     )

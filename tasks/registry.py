@@ -139,8 +139,11 @@ def register_stage_model(
         )
     from gpt.downstream.builtin import get_task
     from gpt.downstream.metrics import HIGHER_IS_BETTER
+    from tasks.evaluate import EvaluateSection
 
-    metric = get_task(task, stage.section.task.custom()).metric
+    section = stage.section
+    assert isinstance(section, EvaluateSection), stage.name  # only evaluate and pretrain register
+    metric = get_task(task, section.task.custom()).metric
     finetune = next(u.dir for u in stage.upstream_stages if u.kind == "finetune")
     return register_model(
         client,

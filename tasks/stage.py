@@ -42,6 +42,8 @@ from tasks.errors import KeyPending, StageError
 from tasks.locks import file_lock
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from tasks.variants import Variant
 
 MANIFEST = "manifest.json"
@@ -57,8 +59,8 @@ class Stage:
     """One node of the pipeline plan: its definition, its section, the stages it reads, where it lives."""
 
     name: str  # e.g. "pretrain", "finetune[sst2]"
-    definition: StageDef
-    section: Any  # the typed section: all its compute reads (see tasks/definition.py)
+    definition: StageDef[Any]  # its compute takes `section`
+    section: DataclassInstance  # the typed section: all its compute reads (see tasks/definition.py)
     upstream_stages: list[Stage]
     artifacts_root: Path
     variant: Variant | None = None  # the task variant, for per-task stages

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tasks import corpus, encode, evaluate, finetune, pretrain, report, tokenizer
 from tasks.definition import StageDef
 
-DEFINITIONS: tuple[StageDef, ...] = (
+# Any: each kind has its own section type; a Stage pairs a definition with a section of that type.
+DEFINITIONS: tuple[StageDef[Any], ...] = (
     corpus.DEFINITION,
     tokenizer.DEFINITION,
     encode.DEFINITION,
@@ -14,6 +17,6 @@ DEFINITIONS: tuple[StageDef, ...] = (
     evaluate.DEFINITION,
     report.DEFINITION,
 )
-BY_KIND: dict[str, StageDef] = {d.kind: d for d in DEFINITIONS}
+BY_KIND: dict[str, StageDef[Any]] = {d.kind: d for d in DEFINITIONS}
 VERSIONS: dict[str, str] = {d.kind: d.version for d in DEFINITIONS}
 STAGE_KINDS: tuple[str, ...] = tuple(BY_KIND)

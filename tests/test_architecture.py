@@ -86,8 +86,9 @@ def test_public_api_is_importable_from_the_package(tmp_path):
     gpt.save_model(model, tmp_path / "m")
     again = gpt.load_model(tmp_path / "m")
     assert again.config == cfg
-    for name in ("generate", "load_tokenizer", "load_task_model", "from_hf", "load_config", "ExperimentConfig"):
-        assert callable(getattr(gpt, name)), name
+    assert sorted(gpt.__all__) == sorted(gpt._PUBLIC)
+    for name in gpt.__all__:
+        assert getattr(gpt, name) is not None, name
     with pytest.raises(AttributeError):
         gpt.no_such_name  # noqa: B018
     proc = subprocess.run(

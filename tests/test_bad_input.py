@@ -74,6 +74,20 @@ CONFIG_CASES = {
     "unknown_task": (["--set", "finetune.tasks=[sst2, nope]"], "unknown task 'nope'"),
     "unknown_stage": (["--only", "pretrian"], "unknown stage 'pretrian'"),
     "mlflow_unreachable": ([], "MLflow tracking server http://127.0.0.1:9 (MLFLOW_TRACKING_URI) is unreachable"),
+    "devices_not_a_count": (["--set", "pretrain.devices=two"], "'pretrain.devices' must be auto, a count"),
+    "unknown_precision": (["--set", "pretrain.precision=bogus"], "'pretrain.precision' must be auto | 32-true"),
+    "negative_seed": (["--set", "seed=-1"], "config key 'seed' must be in [0, 4294967295], got -1"),
+    "infinite_lr": (["--set", "pretrain.lr=inf"], "'pretrain.lr' must be > 0, got inf"),
+    "infinite_weight_decay": (["--set", "pretrain.weight_decay=inf"], "'pretrain.weight_decay' must be >= 0, got inf"),
+    "negative_grad_clip": (["--set", "pretrain.grad_clip=-1"], "'pretrain.grad_clip' must be >= 0, got -1.0"),
+    "huge_block_size": (["--set", "model.block_size=1000000000"], "'model.block_size' must be in [8, 65536]"),
+    "experiment_with_a_slash": (["--experiment", "team/x"], "config key 'experiment' must be a name without '/'"),
+    "empty_only": (["--only", ""], "--only names no stage"),
+    "https_corpus_sha256_not_hex": (
+        ["--set", "corpus.source=https://example.org/c.txt#sha256=xyz"],
+        "config key 'corpus.source': https source https://example.org/c.txt: '#sha256=xyz' is not a sha256",
+    ),
+    "store_of_an_unknown_user": (["--store", "~nosuchuser/x"], "--store / GPTFLOW_STORE: cannot resolve '~nosuchuser/x'"),
 }
 
 

@@ -8,6 +8,7 @@ output is exactly what full recomputation (`use_cache=False`) gives.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypedDict, Unpack
 
 import torch
 
@@ -76,17 +77,17 @@ def stream_tokens(
         model.train(was_training)
 
 
-def generate(
-    model: GPT,
-    prompt: list[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop_id: int | None = None,
-    generator: torch.Generator | None = None,
-    use_cache: bool = True,
-) -> list[int]:
+class SamplingOptions(TypedDict, total=False):
+    """`stream_tokens`'s keyword options, so `generate` takes exactly the same ones."""
+
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    stop_id: int | None
+    generator: torch.Generator | None
+    use_cache: bool
+
+
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, **options: Unpack[SamplingOptions]) -> list[int]:
     """New token ids after `prompt` as a list; temperature 0 means greedy (see `stream_tokens`)."""
-    tokens = stream_tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, stop_id, generator, use_cache)
-    return list(tokens)
+    return list(stream_tokens(model, prompt, max_new_tokens, **options))

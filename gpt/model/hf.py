@@ -42,7 +42,7 @@ def _read_state(src: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{src}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
 
 
-def _gpt_config(src: Path, hf: dict) -> tuple[str, ModelConfig]:
+def _model_config(src: Path, hf: dict) -> tuple[str, ModelConfig]:
     where = src / "config.json"
     family = hf.get("model_type")
     if family not in TOP_LEVEL:
@@ -90,7 +90,7 @@ def from_hf(src_dir: str | Path) -> GPT:
     src = Path(src_dir)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src / 'config.json'} not found: expected a directory written by save_pretrained")
-    family, cfg = _gpt_config(src, json.loads((src / "config.json").read_text()))
+    family, cfg = _model_config(src, json.loads((src / "config.json").read_text()))
     state = {k.removeprefix("transformer."): v for k, v in _read_state(src).items()}
     model = GPT(cfg)
     ours: dict[str, torch.Tensor] = {}

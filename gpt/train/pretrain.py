@@ -78,11 +78,11 @@ class ExactResumeModule(L.LightningModule):
 class LMModule(ExactResumeModule):
     """Next-token prediction on a GPT; logs train_loss, val_loss and (via callbacks) lr, tokens/s, MFU."""
 
-    def __init__(self, gpt_config: dict[str, Any], train: dict[str, Any]):
+    def __init__(self, model_config: ModelConfig, train: PretrainConfig):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = GPT(ModelConfig(**gpt_config))
-        self.train_cfg = PretrainConfig(**train)
+        self.save_hyperparameters({"model": asdict(model_config), "pretrain": asdict(train)})  # a record, as JSON
+        self.model = GPT(model_config)
+        self.train_cfg = train
         cfg = self.model.config
         self.flops_per_batch = self.model.flops_per_token() * self.train_cfg.batch_size * cfg.block_size
 
@@ -173,7 +173,7 @@ def resume_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def pretrain(
-    gpt_config: ModelConfig,
+    model_config: ModelConfig,
     cfg: PretrainConfig,
     shard_dir: Path,
     ckpt_dir: Path,
@@ -183,11 +183,11 @@ def pretrain(
 ) -> tuple[GPT, PretrainResult]:
     """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir` (`last.ckpt` resumes)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    module = LMModule(asdict(gpt_config), asdict(cfg))
+    module = LMModule(model_config, cfg)
     use_compile = cfg.compile if cfg.compile is not None else torch.cuda.is_available()
     if use_compile:
         module.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
-    data = ShardDataModule(shard_dir, gpt_config.block_size, cfg.batch_size, cfg.val_batches, seed)
+    data = ShardDataModule(shard_dir, model_config.block_size, cfg.batch_size, cfg.val_batches, seed)
     throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
     callbacks: list[L.Callback] = [
         checkpoint_callback(cfg, ckpt_dir),
@@ -215,7 +215,7 @@ def pretrain(
     )
     # The world size is known only once Lightning has resolved devices x nodes, so accumulation (and
     # the validation interval, counted in micro-batches) are set on the trainer before fit reads them.
-    accumulate = accumulation(cfg, gpt_config.block_size, trainer.world_size)
+    accumulate = accumulation(cfg, model_config.block_size, trainer.world_size)
     trainer.accumulate_grad_batches = accumulate
     trainer.val_check_interval = cfg.val_every * accumulate
     initial_file = ckpt_dir / INITIAL_VAL_FILE
@@ -230,12 +230,12 @@ def pretrain(
     trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(ckpt_dir), weights_only=True)
     fit_seconds = time.perf_counter() - t0
     resumed_from = module.resumed_from_step
-    tokens_per_step = accumulate * trainer.world_size * cfg.batch_size * gpt_config.block_size
+    tokens_per_step = accumulate * trainer.world_size * cfg.batch_size * model_config.block_size
     tokens = (trainer.global_step - resumed_from) * tokens_per_step
     tokens_per_sec = tokens / fit_seconds
     final_train = float(trainer.callback_metrics.get("train_loss", float("nan")))
     final_val = float(trainer.validate(module, datamodule=data, verbose=False)[0]["val_loss"])
-    model = full_model(trainer, module, gpt_config)
+    model = full_model(trainer, module, model_config)
     result = PretrainResult(
         initial_val_loss=initial,
         final_val_loss=final_val,
@@ -254,12 +254,12 @@ def pretrain(
     return model, result
 
 
-def full_model(trainer: L.Trainer, module: LMModule, gpt_config: ModelConfig) -> GPT:
+def full_model(trainer: L.Trainer, module: LMModule, model_config: ModelConfig) -> GPT:
     """The trained GPT with all its weights: under FSDP they are gathered from the shards (every rank must call)."""
     if not isinstance(trainer.strategy, FSDPStrategy):
         return module.model
     state = trainer.strategy.lightning_module_state_dict()  # full weights on rank 0, a collective
-    model = GPT(gpt_config)
+    model = GPT(model_config)
     if trainer.is_global_zero:
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     return model
