@@ -12,9 +12,10 @@ from pathlib import Path
 
 from flows.workspace import Workspace
 from gpt.config.fields import ConfigError
+from gpt.model.config import CONFIG_FILE, WEIGHTS_FILE
+from tasks.pretrain_job import MODEL_DIR
 
-MODEL_FILES = ("config.json", "model.safetensors")
-MODEL_SUBDIR = "model"  # tasks.pretrain.MODEL_DIR, without importing the stage code
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 
 def _is_model_dir(d: Path) -> bool:
@@ -22,7 +23,7 @@ def _is_model_dir(d: Path) -> bool:
 
 
 def _from_dir(d: Path) -> Path:
-    for candidate in (d, d / MODEL_SUBDIR):
+    for candidate in (d, d / MODEL_DIR):
         if _is_model_dir(candidate):
             return candidate
     raise ConfigError(f"--model {d}: neither a model directory nor a pretrain stage directory (no {MODEL_FILES[1]})")

@@ -22,12 +22,15 @@ from mlflow.tracking import MlflowClient
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
 from gpt.config.loader import load_config
+from gpt.data.tokenizer import META_FILE
 from reports import plots
 from reports.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
 from reports.environment import hardware, package_versions
 from reports.paper import paper_number
 from reports.runs import download, history, list_artifact_paths, metric_keys, stage_runs
 from reports.seeds import Spread, arm_spreads
+from tasks.evaluate import PREDICTIONS_FILE
+from tasks.pretrain_job import SAMPLES_FILE
 
 MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
 PRESETS = Path(__file__).resolve().parents[1] / "configs"  # the checkout's presets, when installed from one
@@ -170,7 +173,7 @@ def _data(client: MlflowClient, parent: Run, stages: dict[str, Run], tmp: Path) 
     blocks.append(Bullets([f"{k}: {v}" for k, v in facts if v]))
     tok_run = stages.get("tokenizer")
     tok_dir = download(client, tok_run, "", tmp / "tokenizer") if tok_run else None
-    if tok_dir and (tok_dir / "tokenizer.json").is_file():
+    if tok_dir and (tok_dir / META_FILE).is_file():
         from gpt.data.tokenizer import load_tokenizer
 
         enc = load_tokenizer(tok_dir)
@@ -200,7 +203,7 @@ def _sample_files(client: MlflowClient, pre: Run, keep: int = 3) -> list[str]:
     steps = sorted(p for p in list_artifact_paths(client, pre, "samples") if p.endswith(".txt"))
     if len(steps) > keep:
         steps = [steps[round(i * (len(steps) - 1) / (keep - 1))] for i in range(keep)]
-    final = [p for p in list_artifact_paths(client, pre) if p == "samples.txt"]
+    final = [p for p in list_artifact_paths(client, pre) if p == SAMPLES_FILE]
     return steps + final
 
 
@@ -267,9 +270,9 @@ def confusion(client: MlflowClient, run: Run, tmp: Path) -> tuple[list[str], lis
             if local:
                 df = pd.read_csv(local, index_col=0)
                 return [str(c) for c in df.columns], df.astype(int).values.tolist()
-    if "predictions.csv" not in paths:
+    if PREDICTIONS_FILE not in paths:
         return None
-    local = download(client, run, "predictions.csv", tmp / run.info.run_id)
+    local = download(client, run, PREDICTIONS_FILE, tmp / run.info.run_id)
     df = pd.read_csv(local, usecols=["label", "prediction"]) if local else None
     if df is None or df.empty or not all(pd.api.types.is_integer_dtype(df[c]) for c in df):
         return None  # regression tasks have no confusion matrix

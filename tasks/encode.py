@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.config import EncodeConfig
+from gpt.data.shards import META_FILE
 from tasks.corpus import CORPUS_FILE
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
@@ -30,7 +31,7 @@ def compute(section: EncodeSection, inputs: dict[str, Path], out: Path, env: Sta
     Reports token counts, the tokenizer's compression on the val split (bytes per token) and the
     encoding throughput.
     """
-    from gpt.data.shards import META_FILE, encode_corpus
+    from gpt.data.shards import encode_corpus
     from gpt.data.tokenizer import load_tokenizer
 
     enc = load_tokenizer(inputs["tokenizer"])
@@ -49,5 +50,5 @@ DEFINITION = StageDef(
     doc="uint16/uint32 token shards (train.bin, val.bin) read with np.memmap",
     instances=plan_encode,
     compute=compute,
-    outputs=("*.bin", "shards.json"),
+    outputs=("*.bin", META_FILE),
 )

@@ -20,7 +20,7 @@ from gpt.train.config import FinetuneConfig
 from tasks.content import ContentError, DigestCache, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
 from tasks.placement import device_kind
-from tasks.pretrain import MODEL_DIR
+from tasks.pretrain_job import CHECKPOINTS_DIR, MODEL_DIR
 from tasks.variants import Variant, recipe, variants
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
         model,
         train,
         ft,
-        out / "checkpoints",
+        out / CHECKPOINTS_DIR,
         section.seed,
         section.precision,
         logger=logger,

@@ -24,6 +24,9 @@ from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
 from gpt.config.fields import ConfigError
+from tasks.evaluate import EvaluateSection
+from tasks.finetune import TASK_MODEL_DIR
+from tasks.pretrain_job import MODEL_DIR
 from tasks.stage import Stage
 
 MODEL_ARTIFACT = "registered_model"  # artifact path of the logged pyfunc model inside the stage run
@@ -134,12 +137,10 @@ def register_stage_model(
     tokenizer = next(u.dir for u in stage.upstream_stages if u.kind == "tokenizer")
     if stage.kind == "pretrain":
         value = float(summary.get("final_val_loss", float("nan")))
-        return register_model(
-            client, f"{experiment}-pretrained", run_id, stage.dir / "model", tokenizer, ("final_val_loss", value, False)
-        )
+        score = ("final_val_loss", value, False)
+        return register_model(client, f"{experiment}-pretrained", run_id, stage.dir / MODEL_DIR, tokenizer, score)
     from gpt.downstream.builtin import get_task
     from gpt.downstream.metrics import HIGHER_IS_BETTER
-    from tasks.evaluate import EvaluateSection
 
     section = stage.section
     assert isinstance(section, EvaluateSection), stage.name  # only evaluate and pretrain register
@@ -149,7 +150,7 @@ def register_stage_model(
         client,
         f"{experiment}-{task}",
         run_id,
-        finetune / "task_model",
+        finetune / TASK_MODEL_DIR,
         tokenizer,
         (metric, float(summary.get(metric, float("nan"))), HIGHER_IS_BETTER.get(metric, True)),
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.config import TokenizerConfig
+from gpt.data.tokenizer import META_FILE, RANKS_FILE
 from tasks.corpus import CORPUS_FILE
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
@@ -71,7 +72,7 @@ def compute(section: TokenizerSection, inputs: dict[str, Path], out: Path, env: 
         enc = build_encoding(ranks, SPLIT_PATTERN)
     save_tokenizer(enc, ranks, out)
     summary["vocab_size"] = enc.n_vocab
-    return StageOutput(summary=summary, artifacts=["tokenizer.tiktoken", "tokenizer.json"])
+    return StageOutput(summary=summary, artifacts=[RANKS_FILE, META_FILE])
 
 
 DEFINITION = StageDef(
@@ -80,6 +81,6 @@ DEFINITION = StageDef(
     doc="byte-level BPE (rustbpe) served by tiktoken, or GPT-2's ranks",
     instances=plan_tokenizer,
     compute=compute,
-    outputs=("tokenizer.tiktoken", "tokenizer.json"),
+    outputs=(RANKS_FILE, META_FILE),
     retries=2,  # the GPT-2 rank file is a download
 )

@@ -87,7 +87,10 @@ CONFIG_CASES = {
         ["--set", "corpus.source=https://example.org/c.txt#sha256=xyz"],
         "config key 'corpus.source': https source https://example.org/c.txt: '#sha256=xyz' is not a sha256",
     ),
-    "store_of_an_unknown_user": (["--store", "~nosuchuser/x"], "--store / GPTFLOW_STORE: cannot resolve '~nosuchuser/x'"),
+    "store_of_an_unknown_user": (
+        ["--store", "~nosuchuser/x"],
+        "--store / GPTFLOW_STORE: cannot resolve '~nosuchuser/x'",
+    ),
 }
 
 
@@ -110,14 +113,16 @@ def test_from_needs_finished_upstream(capsys, tmp_path):
     fails(capsys, tmp_path, "--from", "pretrain", needle="needs 'encode', which is not done")
 
 
-def custom_task(tmp_path: Path, header: str, rows: list[str]) -> Path:
+def custom_task(tmp_path: Path, header: str, rows: list[str], ext: str = "tsv", extra: str = "") -> Path:
+    """A config whose only task is the custom task `mood` over train/dev files of `header` and `rows`;
+    `extra` is more YAML for the task (indented 4)."""
     for split in ("train", "dev"):
-        (tmp_path / f"{split}.tsv").write_text("\n".join([header, *rows]) + "\n")
+        (tmp_path / f"{split}.{ext}").write_text("\n".join([header, *rows]) + "\n")
     cfg = tmp_path / "custom.yaml"
     cfg.write_text(
         MICRO.read_text().replace("tasks: [sst2, story_cloze]", "tasks: [mood]")
-        + f"tasks:\n  mood:\n    type: classification\n    train: {tmp_path}/train.tsv\n    dev: {tmp_path}/dev.tsv\n"
-        "    columns: {text: sentence}\n    labels: [sad, happy]\n"
+        + f"tasks:\n  mood:\n    type: classification\n    train: {tmp_path}/train.{ext}\n"
+        f"    dev: {tmp_path}/dev.{ext}\n    columns: {{text: sentence}}\n    labels: [sad, happy]\n{extra}"
     )
     return cfg
 
@@ -131,6 +136,110 @@ def test_label_outside_the_label_set(capsys, done_ws, tmp_path):
     cfg = custom_task(tmp_path, "sentence\tlabel", ["a fine day\thappy", "rain\tmaybe"])
     last = fails(capsys, done_ws, needle="train.tsv:3", config=cfg)
     assert "maybe" in last
+
+
+def test_custom_task_unknown_encoding(capsys, done_ws, tmp_path):
+    cfg = custom_task(tmp_path, "sentence\tlabel", ["a fine day\thappy"], extra="    encoding: klingon\n")
+    fails(capsys, done_ws, needle="config key 'tasks.mood.encoding': 'klingon' is not a text encoding", config=cfg)
+
+
+def test_custom_task_named_like_a_registry_suffix(capsys, done_ws, tmp_path):
+    cfg = custom_task(tmp_path, "sentence\tlabel", ["a fine day\thappy", "rain\tsad"])
+    cfg.write_text(cfg.read_text().replace("mood", "pretrained"))
+    fails(capsys, done_ws, needle="config key 'tasks.pretrained' is reserved", config=cfg)
+
+
+def test_custom_task_https_sha256_not_hex(capsys, done_ws, tmp_path):
+    cfg = custom_task(tmp_path, "sentence\tlabel", ["a fine day\thappy", "rain\tsad"])
+    cfg.write_text(
+        cfg.read_text().replace(f"train: {tmp_path}/train.tsv", "train: https://example.org/t.tsv#sha256=abc")
+    )
+    fails(capsys, done_ws, needle="config key 'tasks.mood.train': an https file needs '#sha256=<64 hex", config=cfg)
+
+
+def test_csv_field_over_the_csv_field_size_limit(capsys, done_ws, tmp_path):
+    import csv
+
+    big = "x" * (csv.field_size_limit() + 1)
+    cfg = custom_task(tmp_path, "sentence,label", [f'"{big}",happy', "rain,sad"], ext="csv")
+    last = fails(capsys, done_ws, needle=f"{tmp_path / 'train.csv'}:2:", config=cfg)
+    assert "field larger than field limit" in last and big not in last
+
+
+def test_csv_duplicate_header_column(capsys, done_ws, tmp_path):
+    cfg = custom_task(tmp_path, "sentence,label,sentence", ["a fine day,happy,x", "rain,sad,y"], ext="csv")
+    fails(capsys, done_ws, needle=f"{tmp_path / 'train.csv'}:1: column 'sentence' appears twice", config=cfg)
+
+
+def test_config_file_not_utf8(capsys, done_ws, tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(MICRO.read_bytes().replace(b"experiment: gptflow-micro", b"experiment: caf\xe9"))
+    fails(capsys, done_ws, needle=f"{bad}: not UTF-8 text", config=bad)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"), [("1: x\n", "1"), ("model:\n  n_layer: 2\n  2: x\n", "model.2")], ids=["top", "section"]
+)
+def test_yaml_key_not_a_name(capsys, done_ws, tmp_path, yaml_text, key):
+    bad = tmp_path / "keys.yaml"
+    bad.write_text(yaml_text)
+    fails(capsys, done_ws, needle=f"{bad}: config key '{key}' must be a name, got int", config=bad)
+
+
+@pytest.mark.parametrize("model_dir", ["empty", "broken_config_json"])
+def test_finetune_init_not_a_model_dir(capsys, done_ws, tmp_path, model_dir):
+    init = tmp_path / model_dir
+    init.mkdir()
+    if model_dir == "broken_config_json":
+        (init / "config.json").write_text('{"n_layer": ')
+    last = fails(capsys, done_ws, "--set", f"finetune.init={init}", needle="config key 'finetune.init'")
+    assert f"{init}/config.json" in last
+
+
+@pytest.mark.parametrize("corpus", ["few_bytes_of_text", "few_bytes_of_binary_garbage", "capped_by_max_bytes"])
+def test_corpus_too_small_for_one_window(capsys, done_ws, tmp_path, corpus):
+    """Local text files whose bytes (capped by corpus.max_bytes) cannot make one train and one val window."""
+    source = tmp_path / "tiny.txt"
+    source.write_bytes(
+        {"few_bytes_of_text": b"To be.\n", "capped_by_max_bytes": b"To be, or not.\n" * 100}.get(corpus, os.urandom(10))
+    )
+    sets = ["--set", f"corpus.source={source}"]
+    if corpus == "capped_by_max_bytes":
+        sets += ["--set", "corpus.max_bytes=20"]
+    last = fails(capsys, done_ws, *sets, needle="config key 'corpus.source': the corpus files hold")
+    assert "model.block_size 64 need 130" in last and "a smaller model.block_size" in last
+
+
+@pytest.mark.parametrize("command", ["stages", "compare", "run"])
+def test_gptflow_home_is_a_file(capsys, tmp_path, monkeypatch, command):
+    home = tmp_path / "home"
+    home.write_text("not a workspace")
+    monkeypatch.setenv("GPTFLOW_HOME", str(home))
+    capsys.readouterr()
+    code = main([command] if command == "compare" else [command, "--config", str(MICRO)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"gptflow: error: workspace {home} (GPTFLOW_HOME) is not a directory"), err
+    assert home.read_text() == "not a workspace"
+
+
+@pytest.mark.parametrize("command", ["compare", "run"])
+def test_corrupt_mlflow_db(capsys, done_ws, tmp_path, monkeypatch, command):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ws = copy_ws(done_ws, tmp_path / "ws")
+    db = ws / "mlflow.db"
+    garbage = b"not sqlite" + os.urandom(4096)
+    db.write_bytes(garbage)
+    needle = f"MLflow store {db} is not a usable SQLite database"
+    if command == "run":
+        fails(capsys, ws, needle=needle)
+    else:
+        capsys.readouterr()
+        code = main(["compare", "--workspace", str(ws), "--out", str(tmp_path / "compare.html")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("gptflow: error: ") and needle in err[0], err
+        assert not (tmp_path / "compare.html").exists()
+    assert db.read_bytes() == garbage
 
 
 def test_workspace_on_a_read_only_path(capsys, tmp_path):
@@ -185,6 +294,25 @@ def test_empty_corpus(capsys, done_ws, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     fails(capsys, done_ws, "--set", f"corpus.source={empty}", "--only", "corpus", needle="no text")
+
+
+def test_corpus_too_small_for_a_window_fails_in_pretrain(capsys, prefect_api, tmp_path):
+    """Big enough to pass the planning bound, too small once tokenized: one line from the pretrain stage,
+    before any training (the data stages it needed are done and kept)."""
+    words = ("the", "king", "cat", "sea", "told", "of", "a", "and", "lived", "by")
+    small = tmp_path / "small.txt"
+    small.write_text(" ".join(words[i * 7 % 10] for i in range(120)) + "\n")  # ~500 bytes, one document
+    ws = tmp_path / "ws"
+    sets = ["--set", f"corpus.source={small}"]
+    capsys.readouterr()
+    code = main(["run", "--config", str(MICRO), "--workspace", str(ws), *sets, "--only", f"{DATA_STAGES},pretrain"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err
+    assert last.startswith("gptflow: error: stage 'pretrain': the ") and " split has " in last, last
+    assert "one window of model.block_size 64 needs 66" in last and "a smaller model.block_size" in last
+    (pretrain,) = [s for s in build_plan(load_config(MICRO, sets[1:]), ws / "artifacts") if s.name == "pretrain"]
+    assert not pretrain.is_done()
 
 
 def test_binary_garbage_corpus_is_cleaned_not_a_crash(capsys, done_ws, tmp_path):

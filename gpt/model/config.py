@@ -9,7 +9,8 @@ from typing import Literal
 
 from gpt.config.fields import FieldError, Section, at_least, between, knob
 
-CONFIG_FILE = "config.json"  # in a model directory, beside the safetensors weights
+CONFIG_FILE = "config.json"  # a model directory: the architecture ...
+WEIGHTS_FILE = "model.safetensors"  # ... and the weights (safetensors: loading runs no code)
 MAX_BLOCK_SIZE = 65_536  # the position table is block_size x n_embd, attention block_size^2 per head
 
 

@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gpt.model.config import CONFIG_FILE, ModelConfig, read_model_config
-
-WEIGHTS_FILE = "model.safetensors"
+from gpt.model.config import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, read_model_config
 
 
 class KVCache:

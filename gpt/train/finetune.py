@@ -28,14 +28,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from gpt.downstream.metrics import HIGHER_IS_BETTER, compute_metrics
 from gpt.downstream.transforms import EncodedExample, collate
-from gpt.model.config import ModelConfig
+from gpt.model.config import WEIGHTS_FILE, ModelConfig
 from gpt.model.transformer import GPT
 from gpt.train.config import FinetuneConfig
 from gpt.train.optim import adamw, warmup_linear
 from gpt.train.pretrain import ExactResumeModule, resolve_precision, resume_checkpoint
 
 TASK_MODEL_FILE = "task_model.json"
-WEIGHTS_FILE = "model.safetensors"
 BEST_DIR = "best"
 
 
