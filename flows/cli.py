@@ -187,6 +187,8 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     if state.name == BAD_INPUT:
         raise StageError(state.message)
     result = state.result()
+    if not isinstance(result, dict):  # the flow returns a State only for a bad input, handled above
+        raise StageError(f"the pipeline ended in state {state.name!r} without a result")
     print(f"\nMLflow run {result['run_id']} (experiment '{cfg.experiment}', store {ws.tracking_uri})")
     for name, outcome in result["stages"].items():
         print(f"  {name:<24} {outcome}")

@@ -116,7 +116,7 @@ def run_concurrently(book: StageBook, stages: list[Stage], cfg: FanoutConfig) ->
                         placement = Placement(threads, slot if own_workers else None)
                         child = book.begin(stage)
                         task, params = book.call(stage, child, placement)
-                        if own_workers and book.computes(stage):
+                        if start_worker is not None and book.computes(stage):  # None: not own_workers
                             start_worker(slot)
                         in_flight[runner.submit(task, params)] = (stage, child, slot)
                 if not in_flight:

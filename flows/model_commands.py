@@ -44,8 +44,8 @@ def generate_command(args: argparse.Namespace, ws: Workspace, out: TextIO) -> in
 
     enc = load_tokenizer(tok_dir)
     model = load_model(model_dir)
-    if enc.n_vocab > model.config.vocab_size:
-        raise ConfigError(f"tokenizer in {tok_dir} has {enc.n_vocab} tokens, the model only {model.config.vocab_size}")
+    if enc.n_vocab > model.vocab_size:
+        raise ConfigError(f"tokenizer in {tok_dir} has {enc.n_vocab} tokens, the model only {model.vocab_size}")
     prompt = enc.encode_ordinary(args.prompt) or [enc.eot_token]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span tokens
     out.write(args.prompt)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import Task
 from prefect.exceptions import TerminationSignal
 from prefect.states import State
 
@@ -35,7 +36,9 @@ class StageBook:
         """Whether `stage` will be (re)computed rather than reused: forced, or not done in this workspace."""
         return stage.name in self.forced or not stage.is_done()
 
-    def call(self, stage: Stage, child: str, placement: Placement | None = None) -> tuple[Any, dict[str, Any]]:
+    def call(
+        self, stage: Stage, child: str, placement: Placement | None = None
+    ) -> tuple[Task[..., State], dict[str, Any]]:
         """The Prefect task for `stage` and its parameters: the stage (its section is all it computes
         from), where to log, whether it is forced, and where it computes."""
         env = StageEnv(stage.name, child, self.tracker.tracking_uri, self.ws.downloads, self.ws.digests)
@@ -75,7 +78,7 @@ class StageBook:
         Returns the one-line message of a bad-input failure; other failures are raised.
         """
         if state.name == BAD_INPUT:
-            self.tracker.fail(child, state.message)
+            self.tracker.fail(child, str(state.message))  # Failed(name=BAD_INPUT) always has a message
             return f"stage '{stage.name}': {state.message}"
         try:
             result = state.result()

@@ -39,7 +39,8 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)  # None unsets the global and the variable
+        # None unsets the global and the variable (mlflow handles None; its annotation says str | Path)
+        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]
 
 
 def pipeline_runs(tracking_uri: str, experiment: str | None = None, run_ids: list[str] | None = None) -> pd.DataFrame:

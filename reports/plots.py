@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 Series = tuple[str, Sequence[float], Sequence[float]]  # label, x, y
 
 
-def line_plot(path: Path, series: list[Series], xlabel: str, ylabel: str, title: str, logy: bool = False) -> Path:
+def line_plot(path: Path, series: Sequence[Series], xlabel: str, ylabel: str, title: str, logy: bool = False) -> Path:
     """Several labelled curves on one axis."""
     fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
     for label, x, y in series:

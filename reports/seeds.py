@@ -58,7 +58,7 @@ def arm_spreads(metrics: dict[str, float]) -> dict[str, dict[str | None, dict[st
     Every variant of one (task, ablation), whatever its seed, is one value of that arm's Spread;
     a run without `finetune.seeds` gives Spreads of one value.
     """
-    points: dict[tuple[str, str | None, str], list[tuple[int, float]]] = {}
+    points: dict[tuple[str, str | None, str], list[tuple[int | None, float]]] = {}
     for key, value in metrics.items():
         m = TASK_METRIC.match(key)
         if not m or m["variant"] in STAGE_PREFIXES:

@@ -9,6 +9,7 @@ remembered (it could change again within the same timestamp tick, as with git's 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class HashStats:
     seconds: float = 0.0  # time spent in digest calls
 
 
-def _hash_open_file(f: IO[bytes]) -> tuple[str, int]:
+def _hash_open_file(f: io.BufferedIOBase) -> tuple[str, int]:
     """Hex sha256 of an open binary file read to its end in 1 MiB chunks, and the number of bytes read."""
     h = sha256()
     buf = bytearray(CHUNK)
@@ -126,7 +127,7 @@ class DigestCache:
         memory = self._entries()
         entry = memory.get(key)
         signature = (entry["size"], entry["mtime_ns"], entry["ino"], entry["ctime_ns"]) if entry else None
-        if signature is not None and signature == _signature(before):
+        if entry and signature == _signature(before):
             with self._lock:
                 self.stats.remembered_files += 1
             return entry["sha256"]

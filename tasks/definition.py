@@ -8,7 +8,7 @@ directories and a run environment that carries no config, never the whole config
 read a value its key does not cover.
 
 The key hashes the section's fields except those whose dataclass metadata gives them an
-`observation` or `placement` role (see gpt/config.py), so changing how often something is logged or
+`observation` or `placement` role (see gpt/config/fields.py), so changing how often something is logged or
 where a job runs reuses the stage. Downstream keys hash the upstream stages' *outputs* (the sha256
 of the files listed in `outputs`, recorded in their manifests), not their keys: an upstream stage
 recomputed into byte-identical outputs leaves everything after it cached (early cutoff).

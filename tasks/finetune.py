@@ -36,7 +36,7 @@ MODEL_DIR_INIT = "model_dir"  # `recipe.init` when fine-tuning starts from a mod
 
 @dataclass
 class TaskInput:
-    """The benchmark a variant runs on: its name, its definition when custom, its local files' content."""
+    """The downstream task a variant runs on: its name, its definition when custom, its local files' content."""
 
     name: str
     config: CustomTaskConfig | None = None

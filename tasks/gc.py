@@ -49,6 +49,7 @@ from tasks.stage import MANIFEST, PARTIAL_RECORD
 from tasks.stages import DEFINITIONS, VERSIONS
 
 if TYPE_CHECKING:
+    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def _scan(artifacts: Path, kinds: Iterable[str]) -> list[_KindDir]:
     return out
 
 
-def _stage_of(run: Any) -> tuple[str, str] | None:
+def _stage_of(run: Run) -> tuple[str, str] | None:
     tags = run.data.tags
     if tags.get("stage_kind") and tags.get("cache_key"):
         return tags["stage_kind"], tags["cache_key"]
@@ -261,7 +262,7 @@ def mlflow_reachable(client: MlflowClient, keep_runs: int = 5) -> set[tuple[str,
                 order_by=["attributes.start_time DESC"],
             )
             parents.update((r.info.run_id, exp.experiment_id) for r in recent)
-        pinned = []  # runs whose own stage, or whose children's stages, are kept
+        pinned: list[Run] = []  # runs whose own stage, or whose children's stages, are kept
         if experiments:  # 3. running pipelines (and stage runs), deleted or not: their process still reads
             pinned += _pages(
                 client.search_runs,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from lightning.pytorch.loggers import MLFlowLogger
 
 
@@ -16,6 +18,6 @@ class StageRunLogger(MLFlowLogger):
         """Keep the run open; the pipeline sets its final status."""
 
 
-def stage_logger(tracking_uri: str | None, run_id: str | None) -> StageRunLogger | bool:
+def stage_logger(tracking_uri: str | None, run_id: str | None) -> StageRunLogger | Literal[False]:
     """A logger for the stage's run, or False (no logging) outside a tracked pipeline."""
     return StageRunLogger(tracking_uri=tracking_uri, run_id=run_id) if run_id else False

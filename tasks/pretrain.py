@@ -9,13 +9,16 @@ multi-process jobs run it through tasks/pretrain_worker.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gpt.config.experiment import ExperimentConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 from tasks.errors import StageError
 from tasks.pretrain_job import MODEL_DIR, PretrainJob, PretrainSection, train
 from tasks.pretrain_worker import needs_worker, run_worker
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback
 
 
 def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
@@ -34,7 +37,7 @@ def compute(
     inputs: dict[str, Path],
     out: Path,
     env: StageEnv,
-    extra_callbacks: list[Any] | None = None,
+    extra_callbacks: list[Callback] | None = None,
 ) -> StageOutput:
     """Train, then save weights, tokenizer and samples; multi-process training runs in a worker job.
 

@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gpt.config.fields import observation
 from gpt.config.loader import from_dict
@@ -20,6 +20,9 @@ from gpt.model.config import ModelConfig
 from gpt.train.config import PretrainConfig
 from tasks.definition import StageEnv, StageOutput
 from tasks.errors import StageError
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback
 
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.txt"
@@ -76,7 +79,7 @@ class PretrainJob:
         )
 
 
-def train(job: PretrainJob, extra_callbacks: list[Any] | None = None) -> StageOutput:
+def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> StageOutput:
     """Train (resuming from the newest intact checkpoint); rank 0 writes model/ and samples.txt.
 
     Runs on every rank of a multi-process job; returns the stage's summary and info.
@@ -112,7 +115,7 @@ def train(job: PretrainJob, extra_callbacks: list[Any] | None = None) -> StageOu
         )
     except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
         raise StageError(str(e)) from None  # the runner prefixes the stage name
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by lightning at import; its stub (a function) lacks it
         save_model(model, job.out / MODEL_DIR)
         for name in (RANKS_FILE, META_FILE):
             shutil.copy2(job.tokenizer_dir / name, job.out / MODEL_DIR / name)

@@ -78,10 +78,10 @@ def main(spec_path: str) -> None:
     try:
         result = train(job)
     except StageError as e:
-        if rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by lightning at import; its stub (a function) lacks it
             result_file.write_text(json.dumps({"error": str(e)}))
         sys.exit(1)
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by lightning at import; its stub (a function) lacks it
         result_file.write_text(json.dumps(asdict(result)))
 
 

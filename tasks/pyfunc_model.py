@@ -7,13 +7,17 @@ or texts for a fine-tuned task model, fields joined by `|||` (it returns {label,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.models
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
+
+if TYPE_CHECKING:
+    from gpt.model.transformer import GPT
+    from gpt.train.finetune import TaskModel
 
 
-class GPTflowModel(mlflow.pyfunc.PythonModel):
+class GPTflowModel(PythonModel):
     """A pretrained GPT or a fine-tuned task model, with the tokenizer it was trained with."""
 
     def load_context(self, context: Any) -> None:
@@ -22,6 +26,7 @@ class GPTflowModel(mlflow.pyfunc.PythonModel):
         self.enc = load_tokenizer(context.artifacts["tokenizer"])
         model_dir = Path(context.artifacts["model"])
         self.is_task = (model_dir / "task_model.json").is_file()
+        self.model: TaskModel | GPT
         if self.is_task:
             from gpt.train.finetune import load_task_model
 
@@ -32,9 +37,10 @@ class GPTflowModel(mlflow.pyfunc.PythonModel):
             self.model = load_model(model_dir)
 
     def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list:
+        from gpt.model.transformer import GPT
         from tasks.registry import classify
 
-        if self.is_task:
+        if not isinstance(self.model, GPT):  # a fine-tuned task model (`is_task`)
             return classify(self.model, self.enc, [[f.strip() for f in t.split("|||")] for t in model_input])
         from gpt.model.generate import generate
 

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
@@ -29,6 +29,11 @@ from tasks.finetune import TASK_MODEL_DIR
 from tasks.pretrain_job import MODEL_DIR
 from tasks.stage import Stage
 
+if TYPE_CHECKING:
+    import tiktoken
+
+    from gpt.train.finetune import TaskModel
+
 MODEL_ARTIFACT = "registered_model"  # artifact path of the logged pyfunc model inside the stage run
 LATEST, BEST = "latest", "best"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -39,7 +44,7 @@ class RegistryError(ConfigError):
     """A model reference that cannot be resolved; the message names it."""
 
 
-def classify(model: Any, enc: Any, inputs: list[list[str]]) -> list[dict[str, Any]]:
+def classify(model: TaskModel, enc: tiktoken.Encoding, inputs: list[list[str]]) -> list[dict[str, Any]]:
     """Class probabilities (or, for a regression head, the score) of a TaskModel for raw inputs."""
     from gpt.downstream.builtin import Example
     from gpt.downstream.transforms import encode_examples

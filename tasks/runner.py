@@ -15,9 +15,9 @@ traceback, and a retry for stages that fetch from the network).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
@@ -29,11 +29,14 @@ from tasks.plan import corrupt_message
 from tasks.remote_store import RemoteStore
 from tasks.stage import Stage, StageError, commit, user_error, verify_dir
 
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import TaskRun
+
 BAD_INPUT = "BadInput"
 CACHED = "Cached"
 
 
-def _retryable(task: Any, task_run: Any, state: State) -> bool:
+def _retryable(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     """Retry crashes and network errors, never bad input."""
     return state.name != BAD_INPUT
 
@@ -103,6 +106,6 @@ def run_stage(stage: Stage, env: StageEnv, force: bool = False, placement: Place
     return Completed(name=CACHED, data=result, message=f"reused {stage.dir}")
 
 
-def stage_task(stage: Stage) -> Any:
+def stage_task(stage: Stage) -> Task[..., State]:
     """`run_stage` named after the stage, with its definition's retries."""
     return run_stage.with_options(name=stage.kind, task_run_name=stage.name, retries=stage.definition.retries)

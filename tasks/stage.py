@@ -307,9 +307,8 @@ def why_stale(stage: Stage) -> str:
     ]
     old_section, section = flatten(last.get("section", {})), flatten(stage.section_record())
     changed = sorted(k for k in set(old_section) | set(section) if old_section.get(k) != section.get(k))
-    files = [k for k in changed if _FILES_FIELD.match(k)]
-    for k in files:
-        path = _FILES_FIELD.match(k).group(2)
+    files = {k: m.group(2) for k in changed if (m := _FILES_FIELD.match(k))}  # key -> the file's path
+    for k, path in files.items():
         what = "is new" if k not in old_section else "is gone" if k not in section else "changed"
         changes.append(f"{path} {what} since the last run")
     fields = [k for k in changed if k not in files]

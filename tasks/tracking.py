@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
 from mlflow.tracking import MlflowClient
 
 from tasks.locks import pid_alive
@@ -79,7 +79,7 @@ class Tracker:
             self.experiment_id = found.experiment_id
         self.parent_id: str | None = None
 
-    def close_orphans(self) -> list[Any]:
+    def close_orphans(self) -> list[Run]:
         """Mark RUNNING pipeline and stage runs whose process is gone (SIGKILL, power loss) as FAILED.
 
         Returns the orphaned parent runs, so the new run can link to the one it resumes.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
@@ -17,7 +18,8 @@ from gpt.downstream.spec import SENTIMENT_VERBALIZERS
 from gpt.model.config import read_model_config
 from gpt.train.config import FinetuneConfig
 
-ABLATIONS = {"no_pretraining": {"init": "scratch"}, "no_aux_lm": {"aux_lm_weight": 0.0}}
+# ablation -> the FinetuneConfig fields it overrides
+ABLATIONS: dict[str, dict[str, Any]] = {"no_pretraining": {"init": "scratch"}, "no_aux_lm": {"aux_lm_weight": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def recipe(cfg: ExperimentConfig, variant: Variant) -> FinetuneConfig:
     """`finetune` with the task's `per_task` overrides and the variant's ablation applied."""
     ft = cfg.finetune
     override = ft.per_task.get(variant.task)
-    changes = {k: v for k, v in asdict(override).items() if v is not None} if override else {}
+    changes: dict[str, Any] = {k: v for k, v in asdict(override).items() if v is not None} if override else {}
     changes.update(ABLATIONS[variant.ablation] if variant.ablation else {})
     return replace(ft, **changes, tasks=[variant.task], seeds=None, per_task={})
 

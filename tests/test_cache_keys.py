@@ -1,7 +1,7 @@
 """The cache key covers exactly what is computed: a property test over every leaf of the config.
 
 Each leaf either changes what some stage hashes (its kind, version and typed section), or carries
-an `observation` / `placement` role in gpt/config.py and then changes no stage at all. Because a
+an `observation` / `placement` role in gpt/config/fields.py and then changes no stage at all. Because a
 stage's compute receives only its section (tasks/definition.py), a value that reaches a compute is a
 value its key hashes. Upstream outputs join the key at run time (early cutoff); that part is tested
 end to end in tests/test_cache_e2e.py.

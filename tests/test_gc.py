@@ -391,7 +391,8 @@ def test_an_unreadable_store_or_server_refuses_with_one_line_and_removes_nothing
     (ws.root / "mlflow.db").write_text("not a database")
     with pytest.raises(GcError) as e:
         gc(ws, capsys, "--yes")
-    assert "cannot read the MLflow store" in str(e.value) and "\n" not in user_error(e.value)
+    assert "is not a usable SQLite database" in str(e.value) and "gc removes nothing" in str(e.value)
+    assert "\n" not in user_error(e.value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(GcError, match="unreachable.*gc removes nothing") as e:
         gc(ws, capsys, "--yes")

@@ -147,12 +147,13 @@ def _at(label: str, part: str) -> str:
 
 def _sections_in(tp: Any) -> tuple[type | None, str]:
     """The section class a field holds and how: itself, as the values of a dict, or as list items."""
-    if dataclasses.is_dataclass(tp):
-        return tp, SECTION  # type: ignore[return-value]
+    # a field's type hint is a class, never a dataclass instance: isinstance(..., type) says so to the checker
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return tp, SECTION
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is dict and dataclasses.is_dataclass(args[1]):
+    if origin is dict and isinstance(args[1], type) and dataclasses.is_dataclass(args[1]):
         return args[1], "dict"
-    if origin is list and dataclasses.is_dataclass(args[0]):
+    if origin is list and isinstance(args[0], type) and dataclasses.is_dataclass(args[0]):
         return args[0], "list"
     return None, ""
 

@@ -1,4 +1,4 @@
-"""Built-in fine-tuning benchmarks served from the mirror, and the one lookup for every task name.
+"""Built-in downstream tasks served from the mirror, and the one lookup for every task name.
 
 A task name is a custom task from the config's `tasks:` mapping, a built-in mirror task (SST-2,
 RTE, MRPC, STS-B, Story Cloze) or a Hugging Face hub task (CoLA, MNLI, QNLI, QQP, SNLI, SciTail, RACE).

@@ -33,6 +33,8 @@ def _columns(tc: CustomTaskConfig) -> list[tuple[str, str]]:
     """(column, role) in the order of the task type's input transformation."""
     c = tc.columns
     if tc.type == "multiple_choice":
+        if c.context is None:  # CustomTaskConfig's checks require it; guards a config built without them
+            raise TaskDataError("columns.context is required for a multiple_choice task")
         return [(c.context, "context"), *((col, f"answers[{i}]") for i, col in enumerate(c.answers or []))]
     return [(getattr(c, role), role) for role in ROLES[tc.type]]
 

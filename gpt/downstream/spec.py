@@ -37,7 +37,7 @@ class Example:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A benchmark: its input format, output size, metrics and data splits."""
+    """A downstream task: its input format, output size, metrics and data splits."""
 
     name: str
     type: TaskType

@@ -106,7 +106,9 @@ class ZeroShotEval(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        model: GPT = pl_module.model
+        model = pl_module.model
+        if not isinstance(model, GPT):
+            raise TypeError(f"ZeroShotEval needs a module whose .model is a GPT, not {type(model).__name__}")
         was_training = model.training
         model.eval()
         for data in self.sets:

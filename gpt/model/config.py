@@ -12,6 +12,7 @@ from gpt.config.fields import FieldError, Section, at_least, between, knob
 CONFIG_FILE = "config.json"  # a model directory: the architecture ...
 WEIGHTS_FILE = "model.safetensors"  # ... and the weights (safetensors: loading runs no code)
 MAX_BLOCK_SIZE = 65_536  # the position table is block_size x n_embd, attention block_size^2 per head
+Activation = Literal["gelu", "gelu_new"]  # ModelConfig.activation
 
 
 @dataclass
@@ -26,9 +27,7 @@ class ModelConfig(Section):
         0.1, "dropout on embeddings, attention and residual branches", check=between(0, 1, high_open=True)
     )
     norm: Literal["post", "pre"] = knob("post", "post: GPT-1's LN(x + f(x)); pre: GPT-2's x + f(LN(x)) with a final LN")
-    activation: Literal["gelu", "gelu_new"] = knob(
-        "gelu", "gelu: exact (erf); gelu_new: tanh approximation (GPT-1/2 code)"
-    )
+    activation: Activation = knob("gelu", "gelu: exact (erf); gelu_new: tanh approximation (GPT-1/2 code)")
     pad_vocab_to: int = knob(
         1, "round the embedding rows up to a multiple (64 speeds up the LM head)", check=at_least(1)
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpt.model.config import ModelConfig
+from gpt.model.config import Activation, ModelConfig
 from gpt.model.transformer import GPT, load_model, save_model
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -24,7 +24,7 @@ TOP_LEVEL = {
     "gpt2": {k: k for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")},
 }
 # HF activation names -> gptflow's `activation`, per family (openai-gpt's "gelu" is gelu_new in its code).
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, dict[str, Activation]] = {
     "openai-gpt": {"gelu": "gelu_new", "gelu_new": "gelu_new"},
     "gpt2": {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"},
 }

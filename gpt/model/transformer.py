@@ -120,6 +120,13 @@ class GPT(nn.Module):
                 if name.endswith("c_proj.weight"):
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    @property
+    def vocab_size(self) -> int:
+        """Tokens in the vocabulary: `config.vocab_size`, which a GPT is never built without."""
+        if self.config.vocab_size is None:
+            raise ValueError("this GPT's config has no vocab_size")
+        return self.config.vocab_size
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):

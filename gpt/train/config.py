@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from gpt.config.fields import (
     NON_EMPTY,
@@ -23,7 +23,10 @@ from gpt.config.fields import (
     placement,
 )
 
-PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+# The precisions a Lightning Trainer is given; `pretrain.precision` is one of them or `auto` (a checked str, so a
+# bad value gets one_of's message; gpt.train.pretrain.resolve_precision narrows it to LightningPrecision).
+LightningPrecision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
+PRECISIONS: tuple[str, ...] = ("auto", *get_args(LightningPrecision))
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "fsdp_cpu_offload")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpt.downstream.metrics import HIGHER_IS_BETTER, compute_metrics
+from gpt.downstream.spec import TaskType
 from gpt.downstream.transforms import EncodedExample, collate
 from gpt.model.config import WEIGHTS_FILE, ModelConfig
 from gpt.model.transformer import GPT
@@ -49,7 +51,7 @@ class TaskModel(nn.Module):
     def __init__(
         self,
         gpt: GPT,
-        task_type: str,
+        task_type: TaskType,
         num_outputs: int,
         clf_dropout: float,
         regression: bool = False,
@@ -95,7 +97,7 @@ class TaskModel(nn.Module):
 def extend_vocab(gpt: GPT, vocab_size: int) -> GPT:
     """`gpt` with room for `vocab_size` tokens: new embedding rows (GPT-1's start/delim/extract on top of
     an imported vocabulary) are initialised like the rest (normal, std 0.02); every learned weight is kept."""
-    if vocab_size <= gpt.config.vocab_size:
+    if vocab_size <= gpt.vocab_size:
         return gpt
     bigger = GPT(replace(gpt.config, vocab_size=vocab_size))
     state = gpt.state_dict()
@@ -145,7 +147,7 @@ class FinetuneModule(ExactResumeModule):
         scores = compute_metrics(self.metrics, logits, labels, self.model.regression)
         self.log_dict({f"val_{k}": v for k, v in scores.items()}, prog_bar=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         opt = adamw(self.model, self.cfg.lr, self.cfg.weight_decay)
         warmup = math.ceil(self.cfg.warmup_fraction * self.total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(warmup, self.total_steps))
@@ -163,6 +165,19 @@ class StepCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             super().on_train_batch_end(trainer, *args, **kwargs)
+
+
+class ExampleDataset(Dataset[EncodedExample]):
+    """Encoded examples as a map-style Dataset: what a DataLoader indexes."""
+
+    def __init__(self, examples: Sequence[EncodedExample]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> EncodedExample:
+        return self.examples[index]
 
 
 class EpochPermutationBatches(Sampler[list[int]]):
@@ -224,13 +239,17 @@ def finetune(
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     # Own generators: a DataLoader without one draws its base seed from the global torch RNG at every
     # iter(), which would shift the dropout stream of a run resumed mid-epoch.
-    dev_loader = DataLoader(dev, batch_size=64, collate_fn=collate, generator=torch.Generator()) if dev else None
+    dev_loader = (
+        DataLoader(ExampleDataset(dev), batch_size=64, collate_fn=collate, generator=torch.Generator()) if dev else None
+    )
     module = FinetuneModule(model, cfg, cfg.epochs * steps_per_epoch, metrics)
-    one_last = {"enable_version_counter": False}  # both write the one `last.ckpt`, not last-v1.ckpt
+    # enable_version_counter=False: both write the one `last.ckpt`, not last-v1.ckpt
     callbacks: list[L.Callback] = [
-        StepCheckpoint(ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True, **one_last),
+        StepCheckpoint(
+            ckpt_dir, every_n_train_steps=cfg.ckpt_every, save_top_k=0, save_last=True, enable_version_counter=False
+        ),
         # each epoch's end, after its dev check (Lightning writes last.ckpt only beside a top-k checkpoint there)
-        ModelCheckpoint(ckpt_dir, filename="epoch-end", save_top_k=1, save_last=True, **one_last),
+        ModelCheckpoint(ckpt_dir, filename="epoch-end", save_top_k=1, save_last=True, enable_version_counter=False),
         *(extra_callbacks or []),
     ]
     monitor, mode = f"val_{metrics[0]}", "max" if HIGHER_IS_BETTER[metrics[0]] else "min"
@@ -259,7 +278,7 @@ def finetune(
         default_root_dir=ckpt_dir,
     )
     batches = EpochPermutationBatches(len(train), cfg.batch_size, seed, lambda: trainer.global_step)
-    loader = DataLoader(train, batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
+    loader = DataLoader(ExampleDataset(train), batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
     resume = resume_checkpoint(ckpt_dir)  # last.ckpt, else the newest intact one (epoch-end.ckpt)
     with warnings.catch_warnings():
         # without a dev split the validation_step is simply unused; the loader resumes from the restored
@@ -272,6 +291,8 @@ def finetune(
     if best is not None and best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
+        if best.best_model_score is None:
+            raise RuntimeError(f"{best.best_model_path}: the best-epoch checkpoint has no {monitor} score")
         best_metric = float(best.best_model_score)
     return FinetuneResult(
         train_examples=len(train),
@@ -291,7 +312,7 @@ def predict(model: TaskModel, examples: list[EncodedExample], batch_size: int = 
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for batch in DataLoader(examples, batch_size=batch_size, collate_fn=collate):
+    for batch in DataLoader(ExampleDataset(examples), batch_size=batch_size, collate_fn=collate):
         logits, _ = model(batch["tokens"].to(device), batch["lengths"].to(device), with_lm=False)
         out.append(logits.float().cpu())
     return torch.cat(out)

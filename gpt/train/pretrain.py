@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 import lightning as L
 import numpy as np
@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from gpt.data.windows import ShardDataModule
 from gpt.model.config import ModelConfig
 from gpt.model.transformer import GPT, Block
 from gpt.train.callbacks import NonFiniteLossStop, TokenThroughput
-from gpt.train.config import PretrainConfig
+from gpt.train.config import LightningPrecision, PretrainConfig
 from gpt.train.optim import adamw, warmup_cosine, warmup_linear
 
 LAST_CKPT = "last.ckpt"
@@ -41,7 +42,10 @@ RNG_KEY = "gptflow_rng"
 
 def rng_state() -> dict[str, Any]:
     """Torch (CPU and CUDA), NumPy and Python RNG states as tensors and plain tuples (weights_only-safe)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)  # legacy (the default): a tuple for the global MT19937 generator
+    if not isinstance(state, tuple):
+        raise TypeError(f"numpy's global RNG state is not MT19937's legacy tuple: {type(state).__name__}")
+    kind, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -100,7 +104,7 @@ class LMModule(ExactResumeModule):
         loss = self._loss(batch)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].size(0), sync_dist=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         c = self.train_cfg
         opt = adamw(self.model, c.lr, c.weight_decay)
         if c.schedule == "linear":
@@ -128,11 +132,17 @@ class PretrainResult:
     world_size: int
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto` means bf16-mixed on a GPU and full fp32 on CPU."""
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+def _is_lightning_precision(precision: str) -> TypeGuard[LightningPrecision]:
+    return precision in get_args(LightningPrecision)
+
+
+def resolve_precision(precision: str) -> LightningPrecision:
+    """`auto` means bf16-mixed on a GPU and full fp32 on CPU; anything else must be a Lightning precision."""
+    if precision == "auto":
+        return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    if not _is_lightning_precision(precision):
+        raise ValueError(f"precision {precision!r} is not auto | {' | '.join(get_args(LightningPrecision))}")
+    return precision
 
 
 def accumulation(cfg: PretrainConfig, block_size: int, world_size: int = 1) -> int:
@@ -143,7 +153,7 @@ def accumulation(cfg: PretrainConfig, block_size: int, world_size: int = 1) -> i
 def training_strategy(cfg: PretrainConfig) -> str | Strategy:
     """Lightning's strategy for `pretrain.strategy`; FSDP shards per Transformer block (optionally recomputing it)."""
     if cfg.strategy.startswith("fsdp"):
-        checkpointing = {Block} if cfg.activation_checkpointing else None
+        checkpointing: set[type[torch.nn.Module]] | None = {Block} if cfg.activation_checkpointing else None
         offload = cfg.strategy == "fsdp_cpu_offload"
         return FSDPStrategy(
             auto_wrap_policy={Block}, activation_checkpointing_policy=checkpointing, cpu_offload=offload
