@@ -1,24 +1,13 @@
 """The CLI rejects bad input with one line and exit code 2, before Prefect or any compute starts."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import gptflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gptflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 @pytest.mark.parametrize(

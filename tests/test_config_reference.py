@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from cli_helpers import gptflow
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
@@ -29,15 +30,6 @@ POPULATED = [
 ]
 
 
-def gptflow(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 def leaves(value: object, prefix: str) -> dict[str, object]:
