@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from gpt.config.fields import OBSERVATION, PLACEMENT
+from gpt.config.fields import DERIVED, OBSERVATION, PLACEMENT
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tasks.content import DigestCache
     from tasks.variants import Variant
 
-NOT_IN_KEY = (OBSERVATION, PLACEMENT, "location")  # field roles the key leaves out
+NOT_IN_KEY = (OBSERVATION, PLACEMENT, DERIVED, "location")  # field roles the key leaves out
 
 
 @dataclass

@@ -7,7 +7,7 @@ built: from YAML, from a stored dict, or in Python.
 A field's role says whether it changes what a stage computes. Fields without one do.
 `observation`: only what is logged or how often state is saved; `placement`: only where and on how
 many devices the job runs. Both leave trained weights and written data unchanged, so the stage
-keys in `tasks/` leave them out.
+keys in `tasks/` leave them out, as they leave out `derived` fields (set from an upstream output).
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from dataclasses import MISSING, field
 from typing import Any, NamedTuple
 
 OBSERVATION, PLACEMENT = "observation", "placement"
+# `derived`: never written in a config; set by the code from an input (the tokenizer's vocabulary
+# size), which the stage keys already cover through the upstream stages' output digests.
+DERIVED = "derived"
 
 
 class ConfigError(ValueError):

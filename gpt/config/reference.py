@@ -16,11 +16,10 @@ from dataclasses import MISSING, dataclass
 from typing import Any, Literal
 
 from gpt.config.experiment import ExperimentConfig
-from gpt.config.fields import OBSERVATION, PLACEMENT, ConfigError
+from gpt.config.fields import ConfigError
 
 SECTION = "section"
 REQUIRED = "(required)"  # the default shown for a key that has none
-NOT_IN_KEY = (OBSERVATION, PLACEMENT)
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,8 @@ def render_markdown(rows: list[KeyDoc]) -> str:
 
 _ROLE_NOTE = (
     "role: observation (only what is logged or saved) and placement (only where the job runs) keys are "
-    "left out of the stage cache keys; changing them reuses or resumes a finished stage."
+    "left out of the stage cache keys; changing them reuses or resumes a finished stage. derived keys are "
+    "set by the pipeline from an upstream output (leave them unset)."
 )
 
 

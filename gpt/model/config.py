@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from gpt.config.fields import FieldError, Section, at_least, between, knob
+from gpt.config.fields import DERIVED, FieldError, Section, at_least, between, knob
 
 CONFIG_FILE = "config.json"  # a model directory: the architecture ...
 WEIGHTS_FILE = "model.safetensors"  # ... and the weights (safetensors: loading runs no code)
@@ -32,7 +32,7 @@ class ModelConfig(Section):
         1, "round the embedding rows up to a multiple (64 speeds up the LM head)", check=at_least(1)
     )
     vocab_size: int | None = knob(
-        None, "tokens in the vocabulary; the tokenizer's (set by the pipeline)", check=at_least(1)
+        None, "tokens in the vocabulary; the tokenizer's (set by the pipeline)", check=at_least(1), role=DERIVED
     )
 
     def check(self) -> None:
