@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.sources import MIRROR_SCHEME, resolve_mirror
 from gpt.downstream.config import CustomTaskConfig
-from gpt.model.config import ModelConfig
+from gpt.model.config import ModelConfig, read_model_config
 from gpt.train.config import FinetuneConfig
 from tasks.content import ContentError, DigestCache, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
@@ -87,8 +87,10 @@ def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache, splits: t
 
 def init_digests(init_dir: Path, digests: DigestCache) -> dict[str, str]:
     """sha256 of each file of a model directory fine-tuning starts from."""
-    if not init_dir.is_dir():
-        raise ContentError(f"config key 'finetune.init': {init_dir} is not a directory")
+    try:
+        read_model_config(init_dir)  # a model directory, not any folder: its config.json is a model's
+    except ValueError as e:
+        raise ContentError(f"config key 'finetune.init': {e}") from None
     files = sorted(p for p in init_dir.rglob("*") if p.is_file())
     return {
         str(p.relative_to(init_dir)): d

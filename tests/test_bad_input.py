@@ -196,6 +196,17 @@ def test_finetune_init_not_a_model_dir(capsys, done_ws, tmp_path, model_dir):
     assert f"{init}/config.json" in last
 
 
+def test_stages_refuses_a_finetune_init_that_is_not_a_model(capsys, tmp_path):
+    """`gptflow stages` plans without computing; it must not hash a whole folder that holds no model."""
+    capsys.readouterr()
+    code = main(
+        ["stages", "--config", str(MICRO), "--workspace", str(tmp_path / "ws"), "--set", f"finetune.init={tmp_path}"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("gptflow: error: config key 'finetune.init'"), err
+    assert "is not a gptflow model directory" in err[-1]
+
+
 @pytest.mark.parametrize("corpus", ["few_bytes_of_text", "few_bytes_of_binary_garbage", "capped_by_max_bytes"])
 def test_corpus_too_small_for_one_window(capsys, done_ws, tmp_path, corpus):
     """Local text files whose bytes (capped by corpus.max_bytes) cannot make one train and one val window."""
