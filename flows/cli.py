@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="compare pipeline runs: differing config keys, final metrics, plots")
     compare.add_argument("--experiment", help="MLflow experiment (default: finished runs of all experiments)")
     compare.add_argument("--runs", nargs="+", metavar="RUN_ID", help="compare exactly these pipeline runs")
-    compare.add_argument("--out", help="output file (default: compare.<format>)")
+    compare.add_argument("--out", help="output file (default: compare.html; csv and md go to standard output)")
     compare.add_argument("--format", choices=("html", "csv", "md"), help="default: from --out's suffix, else html")
     compare.add_argument("--workspace")
 
@@ -193,6 +193,11 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     for name, outcome in result["stages"].items():
         print(f"  {name:<24} {outcome}")
     print(f"artifacts: {result['artifacts']}\nopen the UI with: gptflow ui --workspace {ws.root}")
+    from reports.headline import headline
+
+    print("\nresults:")
+    for line in headline(ws.tracking_uri, result["run_id"], Path(result["artifacts"])):
+        print(f"  {line}")
     return 0
 
 
@@ -254,12 +259,15 @@ def cmd_compare(args: argparse.Namespace, ws: Workspace) -> int:
     """Compare pipeline runs (mlflow.search_runs + pandas) as an HTML page, Markdown or CSV."""
     from mlflow.tracking import MlflowClient
 
-    from reports.compare import comparison_table, pipeline_runs, write_comparison
+    from reports.compare import comparison_table, comparison_text, pipeline_runs, write_comparison
 
     suffix = Path(args.out).suffix.lstrip(".") if args.out else ""
     fmt = args.format or (suffix if suffix in ("html", "csv", "md") else "html")
     ws.check_tracking()
     table = comparison_table(pipeline_runs(ws.tracking_uri, args.experiment, args.runs))
+    if fmt in ("csv", "md") and not args.out:  # text pipes into pandas, `column` or a notebook
+        sys.stdout.write(comparison_text(table, fmt))
+        return 0
     out = write_comparison(table, MlflowClient(ws.tracking_uri), Path(args.out or f"compare.{fmt}"), fmt)
     print(out)
     return 0

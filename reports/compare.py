@@ -165,13 +165,14 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Block]:
+def _table_blocks(table: pd.DataFrame) -> list[Block]:
+    """The heading, the differing keys and the table with the best value per metric marked."""
     cols = [c for c in table.columns if c != "run_id"]
     best = best_rows(table)
     cells = [[name, *[_cell(table.iloc[i][c]) for c in cols]] for i, name in enumerate(table.index)]
     marks = {(row, cols.index(c) + 1) for c, rows in best.items() for row in rows}
     params = [c for c in cols if c not in metric_names(table)]
-    blocks: list[Block] = [
+    return [
         Heading(f"gptflow comparison of {len(table)} runs", 1),
         Para(
             "Config keys that differ: "
@@ -181,6 +182,10 @@ def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Bl
         ),
         Table(["run", *cols], cells, marks),
     ]
+
+
+def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Block]:
+    blocks = _table_blocks(table)
     series = []
     for i, run_id in enumerate(table["run_id"]):
         pre = stage_runs(client, client.get_run(run_id)).get("pretrain")
@@ -199,6 +204,11 @@ def _blocks(table: pd.DataFrame, client: MlflowClient, out_dir: Path) -> list[Bl
         path = plots.bar_chart(out_dir / "compare_tasks.png", tasks, bars, "score", "Task metrics (dev split)")
         blocks.append(Image(path.name, "per-task metric, one bar per run (missing: the run did not have the task)"))
     return blocks
+
+
+def comparison_text(table: pd.DataFrame, fmt: str) -> str:
+    """The comparison as `csv` or `md` text for standard output (the table; plots need a file beside them)."""
+    return table.to_csv() if fmt == "csv" else to_markdown(_table_blocks(table))
 
 
 def write_comparison(table: pd.DataFrame, client: MlflowClient, out: Path, fmt: str) -> Path:

@@ -23,7 +23,7 @@ from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
 from gpt.config.loader import load_config
 from gpt.data.tokenizer import META_FILE
-from reports import plots
+from reports import HTML_FILE, MD_FILE, PLOTS_DIR, plots
 from reports.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
 from reports.environment import hardware, package_versions
 from reports.paper import paper_number
@@ -32,7 +32,6 @@ from reports.seeds import Spread, arm_spreads
 from tasks.evaluate import PREDICTIONS_FILE
 from tasks.pretrain_job import SAMPLES_FILE
 
-MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
 PRESETS = Path(__file__).resolve().parents[1] / "configs"  # the checkout's presets, when installed from one
 PRESET_TAG = "gptflow.config_file"  # the YAML preset a run's config came from (diffed in the header)
 ENV_TAG = "gptflow.env."  # gptflow.env.<package>=<version>, gptflow.env.hw.<key>=<value>

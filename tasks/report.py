@@ -1,4 +1,4 @@
-"""`report` stage: the run's report card (report.md, report.md, plots/) from MLflow.
+"""`report` stage: the run's report card (report.md, report.html, plots/) from MLflow.
 
 It describes one pipeline run (its parent MLflow run), so its section is that run's id: every run,
 a fully cached rerun included, writes and logs a report of its own. Upstream stages only order it.
@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt.config.experiment import ExperimentConfig
+from reports import HTML_FILE, MD_FILE, PLOTS_DIR
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
-MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "plots"
 REPORT_FILE = MD_FILE  # the Markdown the flow publishes as a Prefect artifact
 REPORT_FILES = (MD_FILE, HTML_FILE, PLOTS_DIR)  # what the flow logs to the parent run
 

@@ -93,6 +93,21 @@ def test_compare_cli_csv_and_markdown_for_scripts(store, tmp_path):
     assert "| **5.1** |" in md.read_text()  # best (lowest) val loss in bold
 
 
+def test_compare_csv_and_markdown_go_to_stdout_without_out(store, tmp_path, capsys, monkeypatch):
+    """Like `dvc exp show --csv`: text formats pipe into pandas or `column`; nothing is written to the cwd."""
+    import io
+
+    ws, runs = store
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["compare", "--runs", runs["base"], runs["high_lr"], "--format", "csv", "--workspace", str(ws)]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(df["pretrain.lr"]) == [0.003, 0.01] and "sst2.accuracy" in df.columns
+    assert main(["compare", "--experiment", "lr", "--format", "md", "--workspace", str(ws)]) == 0
+    assert "| **5.1** |" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_compare_unknown_experiment_or_run_is_one_line_error(store, tmp_path, capsys):
     ws, _ = store
     assert main(["compare", "--experiment", "nope", "--out", str(tmp_path / "x.html"), "--workspace", str(ws)]) == 2

@@ -61,10 +61,12 @@ def test_pipeline_runs_every_stage_and_tracks_it(micro_config, workspace):
     assert "model/model.safetensors" in manifest["files"]
 
 
-def test_second_run_is_all_cache_hits(micro_config, workspace):
+def test_second_run_is_all_cache_hits(micro_config, workspace, capsys):
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
     first = latest_parent(client)
+    capsys.readouterr()
     run(micro_config, workspace)
+    out = capsys.readouterr().out
     parent, children = runs_of(client, latest_parent(client))
     assert parent.info.run_id != first
     # every stage reused, except the report: each run gets a report card of its own (its id, its stage outcomes)
@@ -72,10 +74,17 @@ def test_second_run_is_all_cache_hits(micro_config, workspace):
     assert {n: c.data.tags["cached"] for n, c in children.items()} == expected
     reused = {n: c for n, c in children.items() if n != "report"}
     assert all(c.data.tags["produced_by"] == runs_of(client, first)[1][n].info.run_id for n, c in reused.items())
-    report = (workspace / "artifacts" / "report" / children["report"].data.tags["cache_key"] / "report.md").read_text()
+    report_path = workspace / "artifacts" / "report" / children["report"].data.tags["cache_key"] / "report.md"
+    report = report_path.read_text()
     assert parent.info.run_id in report and first not in report
     assert parent.data.metrics["sst2.accuracy"] == client.get_run(first).data.metrics["sst2.accuracy"]
     assert client.list_artifacts(children["pretrain"].info.run_id) == []  # weights stay with the producer
+    # a cached rerun still ends with the run's figures, read back from MLflow, and the report card's path
+    results = out[out.index("results:") :].splitlines()
+    m = parent.data.metrics
+    assert f"pretrain: val loss {m['pretrain.final_val_loss']:.4f}" in results[1]
+    assert f"sst2       : accuracy {m['sst2.accuracy']:.4f} (majority class {m['sst2.majority_rate']:.4f})" in out
+    assert results[-1].strip() == f"report card: {report_path.with_name('report.html')}"
 
 
 def test_changed_finetune_lr_reruns_only_downstream(micro_config, workspace):
