@@ -29,9 +29,14 @@ class CorpusSection:
     catalog: dict[str, list[str]] = field(default_factory=dict)  # catalog source -> its files' pinned sha256
 
 
+def pinned_by_name(source: str) -> bool:
+    """A source whose content its name fixes (catalog, checksummed URL, hub revision): no local file to read."""
+    return source in CATALOG or source.startswith(("https://", "http://", "hf://"))
+
+
 def local_files(source: str) -> list[Path]:
-    """The local files a source reads; [] for sources pinned by name (catalog, checksummed URL, hub revision)."""
-    if source in CATALOG or source.startswith(("https://", "http://", "hf://")):
+    """The local files a source reads; [] for sources pinned by name."""
+    if pinned_by_name(source):
         return []
     return resolve_mirror(source) if source.startswith(MIRROR_SCHEME) else resolve_local(source)
 

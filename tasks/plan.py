@@ -7,8 +7,9 @@ from pathlib import Path
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
 from gpt.data.corpus import check_corpus_sources, corpus_sources
-from gpt.data.sources import CATALOG, MIRROR_SCHEME, SourceError, resolve_local, resolve_mirror
+from gpt.data.sources import SourceError
 from tasks.content import DIGESTS_FILE, DigestCache
+from tasks.corpus import local_files, pinned_by_name
 from tasks.definition import PlanContext
 from tasks.stage import Stage, StageError, why_stale
 from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
@@ -66,10 +67,10 @@ def check_corpus_fits(cfg: ExperimentConfig, selected: list[Stage]) -> None:
     sources = corpus_sources(cfg.corpus)
     files: list[Path] = []
     for _, source, _ in sources:
-        if source in CATALOG or source.startswith(("https://", "hf://")):
+        if pinned_by_name(source):
             return
         try:
-            paths = resolve_mirror(source) if source.startswith(MIRROR_SCHEME) else resolve_local(source)
+            paths = local_files(source)
         except SourceError:
             return  # check_inputs names it
         if any(p.name.endswith(_NO_SIZE_BOUND) for p in paths):
@@ -82,7 +83,7 @@ def check_corpus_fits(cfg: ExperimentConfig, selected: list[Stage]) -> None:
         text = min(text, max_bytes)
     tokens = text + max(len(files), 2)
     block_size = cfg.model.block_size
-    need = 2 * (block_size + 1)
+    need = 2 * (block_size + 1)  # a window and its target in each of train and val (the bound stays loose)
     if tokens < need:
         key = sources[0][0] if len(sources) == 1 else "corpus.sources"
         cap = f" (corpus.max_bytes caps the text at {max_bytes})" if max_bytes is not None and max_bytes < raw else ""

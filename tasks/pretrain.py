@@ -51,19 +51,19 @@ def compute(
 
 
 def check_windows(encode_dir: Path, block_size: int) -> None:
-    """StageError, before any training, when a split is too short for one window (what
-    gpt/data/windows.py needs: block_size + 2 tokens, so a window has a random offset to start at)."""
-    from gpt.data.shards import read_manifest
+    """StageError, before any training, when a split is too short for one window (from the shard
+    manifest's token counts, with the check gpt/data/windows.py applies), naming the keys that fix it."""
+    from gpt.data.shards import ShardError, check_split_length, read_manifest
 
-    need = block_size + 2
     for split, meta in read_manifest(encode_dir)["splits"].items():
-        if meta["tokens"] < need:
+        try:
+            check_split_length(split, meta["tokens"], block_size)
+        except ShardError as e:
+            more = ", a larger encode.val_fraction" if split == "val" else ""
             raise StageError(
-                f"the {split} split has {meta['tokens']} tokens, but one window of model.block_size {block_size} "
-                f"needs {need} (block_size + 2); use a bigger corpus (corpus.source, "
-                f"corpus.max_bytes){', a larger encode.val_fraction' if split == 'val' else ''} "
+                f"{e} (block_size + 2); use a bigger corpus (corpus.source, corpus.max_bytes){more} "
                 "or a smaller model.block_size"
-            )
+            ) from None
 
 
 DEFINITION = StageDef(

@@ -44,7 +44,21 @@ _MASK64 = (1 << 64) - 1
 
 
 class ShardError(ValueError):
-    """A token shard that does not match its manifest; the message names the file."""
+    """A token shard that does not match its manifest, or too short to train on; the message names it."""
+
+
+def split_tokens_needed(block_size: int) -> int:
+    """Tokens a split needs for one LM window: block_size inputs + 1 target, and a second start to draw from."""
+    return block_size + 2
+
+
+def check_split_length(split: str, tokens: int, block_size: int) -> None:
+    """ShardError when a split is too short for one window of `block_size` tokens."""
+    need = split_tokens_needed(block_size)
+    if tokens < need:
+        raise ShardError(
+            f"the {split} split has {tokens} tokens, but one window of model.block_size {block_size} needs {need}"
+        )
 
 
 @dataclass

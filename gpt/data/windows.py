@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from gpt.data.shards import open_shard
+from gpt.data.shards import check_split_length, open_shard
 
 
 def _windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +54,8 @@ class RandomWindows(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         tokens = open_shard(self.shard_dir, "train")
+        check_split_length("train", len(tokens), self.block_size)
         high = len(tokens) - self.block_size - 1
-        if high <= 0:
-            raise ValueError(f"train split has {len(tokens)} tokens, fewer than block_size + 1")
         global_batch = self.batch_size * self.accumulate * self.world
         micro = self.start_micro_batch()
         while True:
@@ -73,9 +72,8 @@ class FixedWindows(torch.utils.data.Dataset):
     def __init__(self, shard_dir: Path, block_size: int, batch_size: int, n_batches: int):
         self.tokens = open_shard(shard_dir, "val")
         self.block_size, self.batch_size = block_size, batch_size
+        check_split_length("val", len(self.tokens), block_size)
         high = len(self.tokens) - block_size - 1
-        if high <= 0:
-            raise ValueError(f"val split has {len(self.tokens)} tokens, fewer than block_size + 1")
         n = max(1, min(n_batches * batch_size, high // block_size + 1))
         self.offsets = np.linspace(0, high, num=n, dtype=np.int64)
 
