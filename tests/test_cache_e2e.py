@@ -171,13 +171,13 @@ def test_early_cutoff_an_upstream_rebuilt_into_the_same_bytes_keeps_downstream(w
     }
 
 
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 600, poll: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"never saw {what}:\n{proc.communicate()[0][-3000:]}")
-        time.sleep(0.05)
+        time.sleep(poll)
 
 
 def test_a_killed_forced_recompute_leaves_the_finished_stage(ws, inputs):
@@ -213,16 +213,18 @@ def test_a_rebuild_waits_for_the_runs_reading_the_stage(ws, inputs):
 
 
 def test_corrupt_last_checkpoint_resumes_from_the_newest_intact_one(ws, inputs):
-    overrides = sets(inputs, "pretrain.lr=0.002", "pretrain.ckpt_every=10", "pretrain.ckpt_keep=3")
+    overrides = sets(inputs, "pretrain.lr=0.002", "pretrain.ckpt_every=5", "pretrain.ckpt_keep=10")
     (pretrain,) = [s for s in build_plan(load_config(MICRO, overrides), ws / "artifacts") if s.name == "pretrain"]
     ckpts = pretrain.partial_dir / "checkpoints"
     proc = subprocess_run(ws, overrides)
-    _wait_for(lambda: (ckpts / "step=20.ckpt").exists() and (ckpts / "last.ckpt").exists(), proc, "step 20")
-    time.sleep(0.5)  # let the save finish
+    # step 25 on disk means the step-20 save finished; kill with 15 steps to go, however fast the machine
+    _wait_for(lambda: (ckpts / "step=25.ckpt").exists(), proc, "step 25", poll=0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    for extra in ckpts.glob("step=3*.ckpt"):  # keep step 20 as the newest intact checkpoint
-        extra.unlink()
+    assert not pretrain.dir.exists(), "the run finished before it could be killed"
+    for ckpt in ckpts.glob("step=*.ckpt"):  # keep step 20 as the newest intact checkpoint
+        if int(ckpt.stem.removeprefix("step=")) > 20:
+            ckpt.unlink()
     (ckpts / "last.ckpt").write_bytes((ckpts / "last.ckpt").read_bytes()[:1000])  # killed mid-save
     outcome = run(ws, overrides, "--only", "pretrain")
     assert outcome["pretrain"] == "computed"
