@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -65,3 +66,48 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, format="png")
     plt.close(fig)
     return path
+
+
+def scatter_plot(path: Path, x: Sequence[float | str], y: Sequence[float], xlabel: str, ylabel: str) -> Path:
+    """One point per run: a metric against one config key (a category axis when the key is not numeric)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.2), dpi=100)
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in x)
+    nums = [float(v) for v in x] if numeric else []
+    ax.scatter(nums if numeric else [str(v) for v in x], y, s=24)
+    if nums and min(nums) > 0 and max(nums) / min(nums) >= 100:  # learning rates and the like
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel} vs {xlabel}")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def parallel_coordinates(path: Path, axes: Mapping[str, Sequence[Any]], color_by: str, title: str) -> Path:
+    """One line per run across every axis (each scaled to its own range; categories evenly spaced),
+    coloured by the `color_by` axis, the way sweep dashboards show which settings go together."""
+    names = list(axes)
+    scaled: dict[str, list[float]] = {}
+    ticks: dict[str, tuple[list[float], list[str]]] = {}
+    for name, values in axes.items():
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            nums = [float(v) for v in values]
+            lo, hi = min(nums), max(nums)
+            span = (hi - lo) or 1.0
+            scaled[name] = [(v - lo) / span for v in nums]
+            ticks[name] = ([0.0, 1.0], [f"{lo:.4g}", f"{hi:.4g}"])
+        else:
+            cats = sorted({str(v) for v in values})
+            pos = {c: (i / (len(cats) - 1) if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+            scaled[name] = [pos[str(v)] for v in values]
+            ticks[name] = (list(pos.values()), cats)
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names)), 3.8), dpi=100)
+    cmap = plt.get_cmap("viridis")
+    for row in range(len(next(iter(scaled.values()), []))):
+        ax.plot(range(len(names)), [scaled[n][row] for n in names], color=cmap(scaled[color_by][row]), alpha=0.8)
+    for i, name in enumerate(names):
+        ax.axvline(i, color="#888", lw=0.8)
+        for y, label in zip(*ticks[name], strict=True):
+            ax.text(i + 0.03, y, label, fontsize=7, va="center")
+    ax.set_xticks(range(len(names)), names, rotation=15, ha="right")
+    ax.set_yticks([])
+    ax.set(title=title)
+    return _save(fig, path)

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gpt.config.claims import Claim, parse_claim
 from gpt.config.fields import Check, FieldError, Section, at_least, between, knob, matches, observation, placement
+from gpt.config.sweep import SweepConfig
 from gpt.data.config import CorpusConfig, EncodeConfig, TokenizerConfig
 from gpt.downstream.config import NAME_PATTERN, CustomTaskConfig
 from gpt.model.config import ModelConfig
@@ -67,6 +69,12 @@ class ExperimentConfig(Section):
         doc="GPT-1's ablations, each run beside the full recipe", factory=list
     )
     fanout: FanoutConfig = knob(doc="how the fine-tune/evaluate stages run at once", factory=FanoutConfig)
+    claims: list[dict[str, str]] = observation(
+        None, "what the run is meant to show, e.g. '- sst2: pretrained > no_pretraining'", factory=list
+    )
+    sweep: SweepConfig = observation(
+        None, "what `gptflow sweep` varies (ignored by `gptflow run`)", factory=SweepConfig
+    )
 
     def check(self) -> None:
         if self.model.vocab_size is not None:
@@ -79,6 +87,16 @@ class ExperimentConfig(Section):
                 raise FieldError(f"tasks.{name}", "is not a valid task name: use only a-z, 0-9 and _")
             if name in REGISTRY_SUFFIXES:
                 raise FieldError(f"tasks.{name}", f"is reserved: the model registry names '<experiment>-{name}'")
+        for i, claim in enumerate(self.parsed_claims()):
+            if claim.task not in self.finetune.tasks:
+                raise FieldError(
+                    f"claims[{i}]",
+                    f"names task {claim.task!r}, which finetune.tasks does not run ({self.finetune.tasks})",
+                )
+
+    def parsed_claims(self) -> list[Claim]:
+        """`claims` as Claim objects (checked: arms this run has)."""
+        return [parse_claim(i, item, list(self.ablations)) for i, item in enumerate(self.claims)]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (what YAML holds), for hashing and logging."""

@@ -105,6 +105,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config", prefix: str = "") 
 
 
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
+    if tp is Any:  # a free-form value its section checks itself (sweep.params)
+        return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):

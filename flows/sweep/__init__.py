@@ -1,0 +1,1 @@
+"""`gptflow sweep`: trials that are ordinary pipeline runs sharing every stage they can."""
