@@ -13,7 +13,7 @@ from typing import Any
 
 from flows.sweep.trials import Trial, TrialSource, grid
 from gpt.config.experiment import ExperimentConfig, hash_json
-from gpt.config.fields import ConfigError
+from gpt.config.fields import ConfigError, FieldError
 from gpt.config.loader import from_dict
 from gpt.config.sweep import ParamRange, SweepConfig
 from reports.compare import LOWER_IS_BETTER
@@ -58,8 +58,8 @@ def with_grid(cfg: ExperimentConfig, grid_args: list[str]) -> ExperimentConfig:
         params[key.strip()] = values
     try:
         sweep = dataclasses.replace(cfg.sweep, params=params)
-    except ConfigError as e:
-        raise ConfigError(f"--grid: {e}") from None
+    except FieldError as e:
+        raise ConfigError(f"--grid: {e.message('sweep.' + e.key)}") from None
     return dataclasses.replace(cfg, sweep=sweep)
 
 
