@@ -33,6 +33,11 @@ BASE = [
 
 # Values for leaves a generic change (+1, x0.5, not) would make invalid or leave meaningless.
 NEW_VALUE: dict[str, object] = {
+    "sweep.method": "random",
+    "sweep.trials": 3,
+    "sweep.metric": "sst2.f1",
+    "sweep.goal": "minimize",
+    "sweep.sampler_seed": 5,
     "corpus.source": "gutenberg",
     "corpus.sources": [{"source": "tinyshakespeare", "weight": 1.0}],
     "corpus.max_bytes": 100_000,
@@ -103,6 +108,7 @@ SKIP = {
     "tasks.reviews.columns.answers",
     "tasks.reviews.score_range",  # excludes `labels`
     "tasks.reviews.test",
+    "claims",  # needs an ablation to compare with; tests/test_claims.py checks claims change no stage key
 }
 
 
@@ -178,6 +184,7 @@ def test_observation_and_placement_keys_are_the_documented_ones():
     roles = {k: role(k) for k in leaves if role(k)}
     assert {k for k, r in roles.items() if r == OBSERVATION} == {
         "experiment",
+        "claims",
         "pretrain.val_every",
         "pretrain.ckpt_every",
         "pretrain.log_every",
@@ -186,6 +193,11 @@ def test_observation_and_placement_keys_are_the_documented_ones():
         "pretrain.zeroshot_tasks",
         "pretrain.zeroshot_examples",
         "finetune.ckpt_every",
+        "sweep.method",
+        "sweep.trials",
+        "sweep.metric",
+        "sweep.goal",
+        "sweep.sampler_seed",
     }
     assert {k for k, r in roles.items() if r == PLACEMENT} == {
         "pretrain.strategy",

@@ -27,6 +27,7 @@ POPULATED = [
     "tasks={reviews: {type: classification, train: a.csv, dev: b.csv, columns: {text: t}, labels: [neg, pos]}}",
     "corpus.sources=[{source: tinyshakespeare, weight: 2}, {source: gutenberg}]",
     "ablations=[no_aux_lm]",
+    "sweep.params={finetune.lr: [0.001, 0.002]}",
 ]
 
 
@@ -34,7 +35,7 @@ POPULATED = [
 
 def leaves(value: object, prefix: str) -> dict[str, object]:
     """Dotted leaf keys of a plain config dict, descending into lists of sections as `key[i].field`."""
-    if isinstance(value, dict):
+    if isinstance(value, dict) and prefix != "sweep.params":  # its keys are dotted config keys: one leaf
         out: dict[str, object] = {}
         for k, v in value.items():
             out.update(leaves(v, f"{prefix}.{k}" if prefix else k))
