@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.config_command import add_config_options, add_config_parser, cmd_config
 from flows.gc_command import add_gc_parser, cmd_gc
@@ -70,11 +70,32 @@ def _parser() -> argparse.ArgumentParser:
     selection(run)
     run.add_argument("--experiment", help="MLflow experiment name (overrides the config's `experiment`)")
     store_option(run)
+    run.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="rerun adding fine-tuning seeds (reusing every finished stage) until every claim in `claims:` is decided",
+    )
+    run.add_argument(
+        "--max-seeds",
+        type=int,
+        metavar="N",
+        help="with --until-decided: stop at N seeds even if a claim is undecided (default 10, GPT-1's runs per result)",
+    )
 
     stages = sub.add_parser("stages", help="dry run: each stage's key, status and why (starts nothing)")
     common(stages)
     selection(stages)
     stages.add_argument("--verify", action="store_true", help="also re-hash finished stages' files (sha256)")
+    stages.add_argument("--sweep", action="store_true", help="per sweep trial: stages it computes, shares, reuses")
+    stages.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="with --sweep: a swept key (repeatable)")
+
+    sweep = sub.add_parser("sweep", help="run one pipeline per trial of the config's sweep; trials share stages")
+    common(sweep)
+    sweep.add_argument(
+        "--grid", action="append", metavar="KEY=V1,V2", help="sweep this key over these values (repeatable)"
+    )
+    sweep.add_argument("--experiment", help="MLflow experiment name (overrides the config's `experiment`)")
+    store_option(sweep)
 
     serve = sub.add_parser("serve", help="serve the pipeline as a Prefect deployment on a cron schedule")
     common(serve)
@@ -91,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="compare pipeline runs: differing config keys, final metrics, plots")
     compare.add_argument("--experiment", help="MLflow experiment (default: finished runs of all experiments)")
     compare.add_argument("--runs", nargs="+", metavar="RUN_ID", help="compare exactly these pipeline runs")
+    compare.add_argument("--sweep", metavar="ID", help="the trials of this sweep (its id is printed by gptflow sweep)")
     compare.add_argument("--out", help="output file (default: compare.html; csv and md go to standard output)")
     compare.add_argument("--format", choices=("html", "csv", "md"), help="default: from --out's suffix, else html")
     compare.add_argument("--workspace")
@@ -143,18 +165,26 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, overrides)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM → KeyboardInterrupt, so the pipeline closes its MLflow runs as KILLED on the way out."""
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-
 def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
-    """Validate everything cheap first, then start the Prefect flow on a temporary API tied to this process."""
+    """Validate everything cheap first, then start the Prefect flow on a temporary API tied to this process.
+
+    With --until-decided: rounds of runs adding fine-tuning seeds until every claim is decided (flows/until_decided.py).
+    """
+    cfg = _load(args)
+    if args.until_decided or args.max_seeds is not None:
+        from flows.until_decided import Round, until_decided
+
+        return until_decided(cfg, args, ws, Round(check_run, run_once, print_ending))
+    check_run(cfg, args, ws)
+    print_ending(cfg, ws, run_once(cfg, args, ws))
+    return 0
+
+
+def check_run(cfg: ExperimentConfig, args: argparse.Namespace, ws: Workspace) -> None:
+    """What `run` checks before any compute: inputs, the stage selection, corpus size, workspace and stores."""
     from tasks.content import DigestCache
     from tasks.plan import build_plan, check_corpus_fits, check_inputs, check_stages, select
-    from tasks.stage import StageError
 
-    cfg = _load(args)
     check_inputs(cfg)
     digests = DigestCache(ws.digests)
     plan = build_plan(cfg, ws.artifacts, digests=digests)
@@ -165,30 +195,35 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     ws.check_writable()
     ws.check_tracking()
     ws.check_store()
-    from flows.api_server import prefect_api
-    from flows.pipeline import pipeline
-    from tasks.runner import BAD_INPUT
 
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+
+def run_once(cfg: ExperimentConfig, args: argparse.Namespace, ws: Workspace) -> dict[str, Any]:
+    """One pipeline run of `cfg` with `args`' stage selection, on a temporary Prefect API unless one is up.
+
+    Returns the flow's result (`run_id`, `stages`, `artifacts`); a bad input raises StageError with its one line.
+    """
+    from flows.api_server import prefect_api
+    from flows.pipeline import run_pipeline
+    from tasks.child_process import interrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         with prefect_api():
-            state = pipeline(
-                config=cfg.to_dict(),
-                workspace=str(ws.root),
+            return run_pipeline(
+                cfg.to_dict(),
+                str(ws.root),
                 only=args.only,
                 from_stage=args.from_stage,
                 force=args.force,
                 rebuild=args.rebuild,
                 config_file=str(Path(args.config).resolve()) if args.config else None,
-                return_state=True,
             )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if state.name == BAD_INPUT:
-        raise StageError(state.message)
-    result = state.result()
-    if not isinstance(result, dict):  # the flow returns a State only for a bad input, handled above
-        raise StageError(f"the pipeline ended in state {state.name!r} without a result")
+
+
+def print_ending(cfg: ExperimentConfig, ws: Workspace, result: dict[str, Any]) -> None:
+    """What every run ends with: the MLflow run, each stage's outcome, then its results read back from MLflow."""
     print(f"\nMLflow run {result['run_id']} (experiment '{cfg.experiment}', store {ws.tracking_uri})")
     for name, outcome in result["stages"].items():
         print(f"  {name:<24} {outcome}")
@@ -204,7 +239,6 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
     print("\nresults:")
     for line in lines:
         print(f"  {line}")
-    return 0
 
 
 def _report_hashing(digests: DigestCache) -> None:
@@ -223,12 +257,23 @@ def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
     from tasks.plan import build_plan, describe, select
 
     cfg = _load(args)
+    if args.sweep or args.grid:
+        from flows.sweep.command import cmd_stages_sweep
+
+        return cmd_stages_sweep(cfg, args, ws)
     plan = build_plan(cfg, ws.artifacts)
     selected, forced = select(plan, args.only, args.from_stage, args.force, args.rebuild)
     for row in describe(plan, selected, forced, deep=args.verify):
         print(f"{row['stage']:<24} {row['key']}  {row['status']:<8} {row['why']}")
     print(f"artifacts: {ws.artifacts}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace, ws: Workspace) -> int:
+    """Run the config's sweep (plus --grid keys): one pipeline run per trial, then the table and the best trial."""
+    from flows.sweep.command import cmd_sweep as run_sweep
+
+    return run_sweep(_load(args), args, ws)
 
 
 def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
@@ -270,12 +315,32 @@ def cmd_compare(args: argparse.Namespace, ws: Workspace) -> int:
     suffix = Path(args.out).suffix.lstrip(".") if args.out else ""
     fmt = args.format or (suffix if suffix in ("html", "csv", "md") else "html")
     ws.check_tracking()
+    if args.sweep:
+        return _compare_sweep(args, ws, fmt)
     table = comparison_table(pipeline_runs(ws.tracking_uri, args.experiment, args.runs))
     if fmt in ("csv", "md") and not args.out:  # text pipes into pandas, `column` or a notebook
         sys.stdout.write(comparison_text(table, fmt))
         return 0
     out = write_comparison(table, MlflowClient(ws.tracking_uri), Path(args.out or f"compare.{fmt}"), fmt)
     print(out)
+    return 0
+
+
+def _compare_sweep(args: argparse.Namespace, ws: Workspace, fmt: str) -> int:
+    """A sweep's trials: the table, the metric against each swept key, parallel coordinates."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from reports.sweep_compare import latest_sweep_run, sweep_table, sweep_text, write_sweep_comparison
+
+    client = MlflowClient(ws.tracking_uri)
+    with tempfile.TemporaryDirectory() as scratch:
+        table = sweep_table(client, latest_sweep_run(client, args.sweep), Path(scratch))
+    if fmt in ("csv", "md") and not args.out:
+        sys.stdout.write(sweep_text(table, fmt))
+        return 0
+    print(write_sweep_comparison(table, Path(args.out or f"compare.{fmt}"), fmt))
     return 0
 
 
@@ -326,6 +391,7 @@ COMMANDS = {
     "gc": cmd_gc,
     "run": cmd_run,
     "stages": cmd_stages,
+    "sweep": cmd_sweep,
     "serve": cmd_serve,
     "report": cmd_report,
     "compare": cmd_compare,

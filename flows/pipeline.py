@@ -16,6 +16,7 @@ from flows.stage_book import INTERRUPTS, StageBook
 from flows.workspace import Workspace
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.loader import from_dict
+from reports.claims import CLAIMS_TAG, claims_json
 from reports.run_report import PRESET_TAG
 from tasks.content import DigestCache
 from tasks.locks import file_lock
@@ -34,9 +35,11 @@ def pipeline(
     force: list[str] | None = None,
     config_file: str | None = None,
     rebuild: list[str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any] | State:
     """Run the pipeline for a resolved config; returns the MLflow parent run id and per-stage outcome.
 
+    `tags` are added to the parent run (a sweep's `sweep` and `trial`).
     A stage that fails on bad input ends the flow in a `Failed` state named `BadInput` whose
     message is one line naming the stage and the culprit.
     """
@@ -48,13 +51,16 @@ def pipeline(
     select(build_plan(cfg, ws.artifacts, digests=digests), only, from_stage, force, rebuild)  # fail before any run
     with file_lock(ws.root / "mlflow.lock"):  # concurrent runs would race creating the store and experiment
         tracker = Tracker(ws.tracking_uri, cfg.experiment, ws.artifact_location)
-    tags = {"config_hash": cfg.digest(), "git_commit": git_commit(), "prefect_flow_run_id": str(flow_run.id)}
+    run_tags = {"config_hash": cfg.digest(), "git_commit": git_commit(), "prefect_flow_run_id": str(flow_run.id)}
     if config_file:  # the preset the report diffs this run's config against
-        tags[PRESET_TAG] = config_file
-    resumed = [r for r in tracker.close_orphans() if r.data.tags.get("config_hash") == tags["config_hash"]]
+        run_tags[PRESET_TAG] = config_file
+    if cfg.claims:  # what the report card, `compare` and the run's last lines decide
+        run_tags[CLAIMS_TAG] = claims_json(cfg)
+    run_tags.update(tags or {})
+    resumed = [r for r in tracker.close_orphans() if r.data.tags.get("config_hash") == run_tags["config_hash"]]
     if resumed:  # the latest killed run of this config: this run continues its work
-        tags["resumes"] = max(resumed, key=lambda r: r.info.start_time).info.run_id
-    parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), tags)
+        run_tags["resumes"] = max(resumed, key=lambda r: r.info.start_time).info.run_id
+    parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), run_tags)
     plan = build_plan(cfg, ws.artifacts, run_id=parent, digests=digests)  # the report stage describes this run
     selected, forced = select(plan, only, from_stage, force, rebuild)
     book = StageBook(tracker, cfg, plan, forced, ws)
@@ -78,3 +84,20 @@ def pipeline(
     finally:
         tracker.end_parent(status)
     return {"run_id": parent, "stages": book.outcome, "artifacts": str(ws.artifacts)}
+
+
+def run_pipeline(config: dict[str, Any], workspace: str, **options: Any) -> dict[str, Any]:
+    """Call the flow and return its result (`run_id`, `stages`, `artifacts`), for `gptflow run` and sweep trials.
+
+    A stage that failed on bad input raises StageError with its one line; `options` are the flow's
+    other parameters (stage selection, config file, tags).
+    """
+    from tasks.stage import StageError
+
+    state = pipeline(config=config, workspace=workspace, **options, return_state=True)
+    if state.name == BAD_INPUT:
+        raise StageError(state.message)
+    result = state.result()
+    if not isinstance(result, dict):  # the flow returns a State only for a bad input, handled above
+        raise StageError(f"the pipeline ended in state {state.name!r} without a result")
+    return result

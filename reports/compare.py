@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from gpt.config.fields import ConfigError
 from reports import plots
+from reports.claims import CLAIMS_TAG, decide, read_claims, verdict_cell
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from reports.runs import STAGE_PREFIXES, TASK_METRIC, history, split_variant, stage_runs
 from reports.seeds import Spread, arm_spreads, split_arm
@@ -29,6 +30,7 @@ PRETRAIN_COLUMNS = ("pretrain.final_val_loss", "pretrain.tokens_per_sec", "pretr
 LOWER_IS_BETTER = ("loss", "mse", "seconds")
 HIDDEN_TASK_METRICS = {"examples", "majority_rate"}
 SEED_MEAN, SEED_STD = " mean", " std"  # suffixes of the columns a run's fine-tuning seeds fold into
+CLAIM_COLUMN = "claim: "  # prefix of the columns of claim verdicts
 
 
 @contextmanager
@@ -116,10 +118,29 @@ def _fold_seeds(df: pd.DataFrame, metrics: list[str]) -> tuple[list[str], dict[s
     return columns, folded
 
 
+def _claim_columns(df: pd.DataFrame) -> dict[str, list[str]]:
+    """`claim: <text>` -> one short verdict per run (reports/claims.py), for every claim any run states;
+    blank in the rows of runs that do not state it."""
+    tag = f"tags.{CLAIMS_TAG}"
+    if tag not in df.columns:
+        return {}
+    columns: dict[str, list[str]] = {}
+    for i, (_, row) in enumerate(df.iterrows()):
+        value = row[tag]
+        claims = read_claims(value if isinstance(value, str) else None)
+        metrics = {k.removeprefix("metrics."): v for k, v in row.items() if k.startswith("metrics.") and pd.notna(v)}
+        for claim in claims:
+            cells = columns.setdefault(f"{CLAIM_COLUMN}{claim['text']}", [""] * len(df))
+            cells[i] = verdict_cell(decide(claim, metrics))
+    return columns
+
+
 def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (indexed by run name and short id): differing config keys, then final metrics.
+    """One row per run (indexed by run name and short id): differing config keys, final metrics, claim verdicts.
 
     A run fine-tuned with several seeds shows each arm's mean and sample std over them, not one column per seed.
+    Each claim a run states (`claims:`) gets a column `claim: <text>` of short verdicts (`supported +0.052
+    [+0.011, +0.093] n=3/3`: difference of means, its 95% CI, seeds per arm).
     """
     params = _differing_params(df)
     metrics, folded = _fold_seeds(df, _metric_columns(df))
@@ -130,7 +151,11 @@ def comparison_table(df: pd.DataFrame) -> pd.DataFrame:
         out[c.removeprefix("params.")] = list(df[c])
     for c in metrics:
         out[c] = folded[c] if c in folded else list(df[f"metrics.{c}"])
+    claims = _claim_columns(df)
+    for c, cells in claims.items():
+        out[c] = cells
     out.attrs["metrics"] = metrics
+    out.attrs["claims"] = list(claims)
     return out
 
 
@@ -171,7 +196,7 @@ def _table_blocks(table: pd.DataFrame) -> list[Block]:
     best = best_rows(table)
     cells = [[name, *[_cell(table.iloc[i][c]) for c in cols]] for i, name in enumerate(table.index)]
     marks = {(row, cols.index(c) + 1) for c, rows in best.items() for row in rows}
-    params = [c for c in cols if c not in metric_names(table)]
+    params = [c for c in cols if c not in metric_names(table) and c not in table.attrs.get("claims", [])]
     return [
         Heading(f"gptflow comparison of {len(table)} runs", 1),
         Para(
@@ -179,6 +204,11 @@ def _table_blocks(table: pd.DataFrame) -> list[Block]:
             + (", ".join(f"`{p}`" for p in params) if params else "none")
             + ". Best value per metric highlighted (lowest loss, highest score; none where all runs tie);"
             + " blank: the run did not have it."
+            + (
+                " Claims: verdict, mean(left) − mean(right) [95% CI, Welch t] and seeds per arm (left/right)."
+                if table.attrs.get("claims")
+                else ""
+            )
         ),
         Table(["run", *cols], cells, marks),
     ]

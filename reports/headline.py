@@ -1,4 +1,4 @@
-"""The figures a finished `gptflow run` ends with: pretraining loss, each task's scores, the report card.
+"""The figures a finished `gptflow run` ends with: pretraining loss, task scores, claim verdicts, the report card.
 
 Read back from the run's parent MLflow run (what the comparison table and the report card read too),
 so a fully cached rerun prints the same figures as the run that computed them.
@@ -11,12 +11,14 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from reports import HTML_FILE
+from reports.claims import run_verdicts, verdict_line
 from reports.compare import HIDDEN_TASK_METRICS
 from reports.runs import STAGE_PREFIXES, TASK_METRIC, stage_runs
 
 
 def headline(tracking_uri: str, run_id: str, artifacts: Path) -> list[str]:
-    """Lines: the pretraining val loss, each evaluated variant's metrics with its majority-class rate, the report."""
+    """Lines: the pretraining val loss, each evaluated variant's metrics with its majority-class rate,
+    each claim's verdict (`claim ...`, reports/claims.py), the report card."""
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.get_run(run_id)
     metrics = run.data.metrics
@@ -36,6 +38,7 @@ def headline(tracking_uri: str, run_id: str, artifacts: Path) -> list[str]:
         majority = scores[variant].get("majority_rate")
         chance = f" (majority class {majority:.4f})" if majority is not None else ""
         lines.append(f"{variant:<{width}}: {shown}{chance}")
+    lines += [f"claim {verdict_line(v)}" for v in run_verdicts(run)]
     report = stage_runs(client, run).get("report")
     if report is not None and "cache_key" in report.data.tags:
         page = artifacts / "report" / report.data.tags["cache_key"] / HTML_FILE

@@ -8,6 +8,7 @@ report can be rebuilt for any run in any store with `gptflow report RUN_ID`.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from gpt.config.fields import ConfigError
 from gpt.config.loader import load_config
 from gpt.data.tokenizer import META_FILE
 from reports import HTML_FILE, MD_FILE, PLOTS_DIR, plots
+from reports.claims import METHOD, interval_text, run_verdicts
 from reports.document import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
 from reports.environment import hardware, package_versions
 from reports.paper import paper_number
@@ -361,6 +363,35 @@ def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path,
     return blocks
 
 
+def _claims(parent: Run) -> list[Block]:
+    """The run's claims, each decided over its fine-tuning seeds (reports/claims.py); nothing without claims."""
+    verdicts = run_verdicts(parent)
+    if not verdicts:
+        return []
+    rows = [
+        [
+            v.text,
+            v.metric,
+            "" if math.isnan(v.diff) else f"{v.diff:+.3f}",
+            interval_text(v),
+            f"{v.n_left} vs {v.n_right}",
+            v.verdict,
+        ]
+        for v in verdicts
+    ]
+    return [
+        Heading("Claims"),
+        Para(
+            "What the config says the run shows, on each task's headline metric. Difference: mean(left) − mean(right)"
+            f" over fine-tuning seeds, with its 95% confidence interval ({METHOD}: unequal variances, few seeds)."
+            " `>`: supported when the interval lies above 0, refuted when it lies at or below 0; `>=`: supported"
+            " when it lies at or above 0, refuted when below; `<`, `<=` mirror them; else undecided."
+            " Fewer than 2 seeds per arm: undecided (run `gptflow run --until-decided` to add seeds)."
+        ),
+        Table(["claim", "metric", "difference", "95% CI", "seeds", "verdict"], rows),
+    ]
+
+
 def build_report(client: MlflowClient, run_id: str, out_dir: Path) -> ReportFiles:
     """Write report.md, report.html and plots/*.png for pipeline run `run_id` into `out_dir`."""
     try:
@@ -376,6 +407,7 @@ def build_report(client: MlflowClient, run_id: str, out_dir: Path) -> ReportFile
             *_data(client, parent, stages, tmp),
             *_pretraining(client, parent, stages, out_dir, tmp),
             *_tasks(client, parent, stages, out_dir, tmp),
+            *_claims(parent),
         ]
     md, page = out_dir / MD_FILE, out_dir / HTML_FILE
     md.write_text(to_markdown(blocks))

@@ -45,6 +45,11 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> Callable[[], None
     return arm
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler: raise KeyboardInterrupt, so a pipeline closes its MLflow runs as KILLED on the way out."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a fanned-out stage computes: its torch CPU threads and, on the thread runner, the

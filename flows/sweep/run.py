@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -49,7 +48,11 @@ class SweepOutcome:
 
 @contextmanager
 def trial_executor(slots: int, workspace: str) -> Iterator[Execute]:
-    """Run a batch of trials: in this process one after another, or in `slots` worker processes at once."""
+    """Run a batch of trials: in this process one after another, or in `slots` worker processes at once.
+
+    Leaving early (an error, Ctrl-C) terminates the workers at once: each closes its MLflow runs as
+    KILLED, and a rerun resumes their stages from checkpoints.
+    """
     if slots == 1:
         yield lambda batch: [run_trial(config, workspace, tags) for config, tags in batch]
         return
@@ -57,13 +60,21 @@ def trial_executor(slots: int, workspace: str) -> Iterator[Execute]:
 
     threads = max(1, (os.cpu_count() or 1) // slots)
     init = (os.getpid(), PREFECT_API_URL.value(), threads)
-    with ProcessPoolExecutor(slots, mp_context=get_context("spawn"), initializer=init_worker, initargs=init) as pool:
+    pool = get_context("spawn").Pool(slots, initializer=init_worker, initargs=init)
 
-        def execute(batch: list[tuple[dict[str, Any], dict[str, str]]]) -> list[dict[str, Any]]:
-            futures = [pool.submit(run_trial, config, workspace, tags) for config, tags in batch]
-            return [f.result() for f in futures]
+    def execute(batch: list[tuple[dict[str, Any], dict[str, str]]]) -> list[dict[str, Any]]:
+        pending = [pool.apply_async(run_trial, (config, workspace, tags)) for config, tags in batch]
+        return [p.get() for p in pending]
 
+    try:
         yield execute
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
 
 
 def in_worker(cfg_dict: dict[str, Any], threads: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import os
 import signal
 from typing import Any
 
-from tasks.child_process import die_with_parent
+from tasks.child_process import die_with_parent, interrupt
 
 
 def run_trial(config: dict[str, Any], workspace: str, tags: dict[str, str]) -> dict[str, Any]:
@@ -20,27 +20,16 @@ def run_trial(config: dict[str, Any], workspace: str, tags: dict[str, str]) -> d
 
     Raises StageError with the stage's one-line message when a stage fails on bad input.
     """
-    from flows.pipeline import pipeline
-    from tasks.runner import BAD_INPUT
-    from tasks.stage import StageError
+    from flows.pipeline import run_pipeline
 
-    state = pipeline(config=config, workspace=workspace, tags=tags, return_state=True)
-    if state.name == BAD_INPUT:
-        raise StageError(state.message)
-    result = state.result()
-    if not isinstance(result, dict):
-        raise StageError(f"trial {tags.get('trial')}: the pipeline ended in state {state.name!r} without a result")
+    result = run_pipeline(config, workspace, tags=tags)
     return {"run_id": result["run_id"], "stages": dict(result["stages"])}
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def init_worker(parent: int, api_url: str | None, threads: int) -> None:
     """First thing in a trial worker: die with the sweep, use its Prefect API, keep to its share of the cores."""
     die_with_parent(parent)()
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
     os.environ["OMP_NUM_THREADS"] = str(threads)
