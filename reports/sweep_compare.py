@@ -15,14 +15,9 @@ from gpt.config.fields import ConfigError
 from reports import plots
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 
-# the sweep run's tags and table (written by flows/sweep/record.py; reports read MLflow only)
-SWEEP_TAG, KEYS_TAG, METRIC_TAG, GOAL_TAG, TABLE_FILE = (
-    "sweep",
-    "gptflow.sweep_keys",
-    "gptflow.sweep_metric",
-    "gptflow.sweep_goal",
-    "sweep.csv",
-)
+# the sweep run's tags and its table, as flows/sweep/record.py writes them
+SWEEP_TAG, TABLE_FILE = "sweep", "sweep.csv"
+KEYS_TAG, METRIC_TAG, GOAL_TAG = "gptflow.sweep_keys", "gptflow.sweep_metric", "gptflow.sweep_goal"
 
 
 def latest_sweep_run(client: MlflowClient, sweep_id: str) -> Run:

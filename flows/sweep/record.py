@@ -14,11 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from flows.sweep.plan import SweepPlan
 from flows.sweep.table import TrialResult
+from reports.sweep_compare import GOAL_TAG, KEYS_TAG, METRIC_TAG, SWEEP_TAG, TABLE_FILE
 from tasks.tracking import owner_tags
 
-SWEEP_TAG, TRIAL_TAG = "sweep", "trial"
-KEYS_TAG, METRIC_TAG, GOAL_TAG = "gptflow.sweep_keys", "gptflow.sweep_metric", "gptflow.sweep_goal"
-TABLE_FILE = "sweep.csv"
+TRIAL_TAG = "trial"
 
 
 def start_sweep_run(client: MlflowClient, experiment_id: str, plan: SweepPlan, total: int) -> str:
