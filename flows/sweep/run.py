@@ -20,7 +20,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import flow
 
-from flows.fanout import concurrency
+from flows.fanout import concurrency, stage_threads
 from flows.stage_book import INTERRUPTS
 from flows.sweep.plan import SweepPlan, plan_sweep
 from flows.sweep.record import SWEEP_TAG, TRIAL_TAG, finish_sweep_run, start_sweep_run
@@ -47,7 +47,7 @@ class SweepOutcome:
 
 
 @contextmanager
-def trial_executor(slots: int, workspace: str) -> Iterator[Execute]:
+def trial_executor(slots: int, threads: int, workspace: str) -> Iterator[Execute]:
     """Run a batch of trials: in this process one after another, or in `slots` worker processes at once.
 
     Leaving early (an error, Ctrl-C) terminates the workers at once: each closes its MLflow runs as
@@ -58,7 +58,6 @@ def trial_executor(slots: int, workspace: str) -> Iterator[Execute]:
         return
     from prefect.settings import PREFECT_API_URL
 
-    threads = max(1, (os.cpu_count() or 1) // slots)
     init = (os.getpid(), PREFECT_API_URL.value(), threads)
     pool = get_context("spawn").Pool(slots, initializer=init_worker, initargs=init)
 
@@ -94,6 +93,7 @@ def sweep_flow(config: dict[str, Any], workspace: str) -> SweepOutcome:
     ws = Workspace(Path(workspace))
     source = plan.source()
     slots = concurrency(plan.base.fanout)
+    threads = stage_threads(plan.base.fanout, slots)  # each trial's torch threads when several run at once
     with file_lock(ws.root / "mlflow.lock"):  # concurrent runs would race creating the store and experiment
         tracker = Tracker(ws.tracking_uri, plan.base.experiment, ws.artifact_location)
     client: MlflowClient = tracker.client
@@ -102,9 +102,9 @@ def sweep_flow(config: dict[str, Any], workspace: str) -> SweepOutcome:
     keys = list(plan.sweep.params)
     status = "FAILED"
     try:
-        with trial_executor(slots, workspace) as execute:
+        with trial_executor(slots, threads, workspace) as execute:
             while batch := source.next_batch(slots):
-                configs = [_trial_config(plan, trial, slots) for trial in batch]
+                configs = [_trial_config(plan, trial, slots, threads) for trial in batch]
                 tags = [{SWEEP_TAG: plan.sweep_id, TRIAL_TAG: str(trial.number)} for trial in batch]
                 for trial, done in zip(batch, execute(list(zip(configs, tags, strict=True))), strict=True):
                     metrics = client.get_run(done["run_id"]).data.metrics
@@ -124,11 +124,9 @@ def sweep_flow(config: dict[str, Any], workspace: str) -> SweepOutcome:
     return SweepOutcome(run_id, results, best)
 
 
-def _trial_config(plan: SweepPlan, trial: Trial, slots: int) -> dict[str, Any]:
+def _trial_config(plan: SweepPlan, trial: Trial, slots: int, threads: int) -> dict[str, Any]:
     config = plan.trial_config(trial).to_dict()
-    if slots > 1:
-        config = in_worker(config, max(1, (os.cpu_count() or 1) // slots))
-    return config
+    return in_worker(config, threads) if slots > 1 else config
 
 
 def _progress_line(result: TrialResult, total: int, metric: str) -> str:
