@@ -84,6 +84,7 @@ def table_text(table: pd.DataFrame, metric: str) -> str:
             f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
             for m, s, n in zip(table[metric], table["std"], table["seeds"], strict=True)
         ]
+        shown = shown.drop(columns=["std"])  # shown beside the mean
     else:
         shown[metric] = [f"{m:.4f}" for m in table[metric]]
         shown = shown.drop(columns=["std", "seeds"])
