@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gpt.config.fields import ConfigError
@@ -42,7 +43,7 @@ def sweep_table(client: MlflowClient, run: Run, scratch: Path) -> pd.DataFrame:
     try:
         local = Path(client.download_artifacts(run.info.run_id, TABLE_FILE, str(scratch)))
         table = pd.read_csv(local)
-    except (OSError, ValueError, Exception) as e:  # MlflowException when the sweep logged no trial yet
+    except (MlflowException, OSError, ValueError) as e:  # MlflowException: the sweep logged no trial yet
         raise ConfigError(f"compare: sweep run {run.info.run_id} has no {TABLE_FILE} ({e})") from None
     table.attrs.update(
         keys=json.loads(run.data.tags.get(KEYS_TAG, "[]")),
