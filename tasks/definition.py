@@ -12,6 +12,8 @@ The key hashes the section's fields except those whose dataclass metadata gives 
 where a job runs reuses the stage. Downstream keys hash the upstream stages' *outputs* (the sha256
 of the files listed in `outputs`, recorded in their manifests), not their keys: an upstream stage
 recomputed into byte-identical outputs leaves everything after it cached (early cutoff).
+Credentials in a URL (`https://user:token@host/...`) are not hashed: the URL's `#sha256=` pins
+the content, and people with different tokens share the stage (gpt/config/secrets.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gpt.config.fields import DERIVED, OBSERVATION, PLACEMENT
+from gpt.config.secrets import strip_credentials
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
     from tasks.variants import Variant
 
 NOT_IN_KEY = (OBSERVATION, PLACEMENT, DERIVED, "location")  # field roles the key leaves out
+# Created in a stage's partial directory to stop its training at the next step (another machine took
+# over its lease, tasks/lease.py); the training computes watch for it.
+STOP_FILE = ".gptflow-stop"
 
 
 @dataclass
@@ -109,9 +115,11 @@ def key_view(value: Any) -> Any:
             if f.metadata.get("role") not in NOT_IN_KEY
         }
     if isinstance(value, dict):
-        return {str(k): key_view(v) for k, v in value.items()}
+        return {strip_credentials(str(k)): key_view(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [key_view(v) for v in value]
+    if isinstance(value, str):  # a URL's credentials are not content (its #sha256= is), and differ per person
+        return strip_credentials(value)
     return value
 
 

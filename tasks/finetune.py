@@ -18,7 +18,7 @@ from gpt.downstream.config import CustomTaskConfig
 from gpt.model.config import ModelConfig, read_model_config
 from gpt.train.config import FinetuneConfig
 from tasks.content import ContentError, DigestCache, check_unchanged
-from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, location
+from tasks.definition import STOP_FILE, PlanContext, Planned, StageDef, StageEnv, StageOutput, location
 from tasks.placement import device_kind
 from tasks.pretrain_job import CHECKPOINTS_DIR, MODEL_DIR
 from tasks.variants import Variant, recipe, variants
@@ -166,6 +166,7 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
     """Fine-tune on the task's train split (dev-scored each epoch when early stopping/best selection is on)."""
     from gpt.data.tokenizer import load_tokenizer
     from gpt.downstream.builtin import get_task
+    from gpt.train.callbacks import StopWhenFileAppears
     from gpt.train.finetune import TaskModel, finetune, save_task_model
     from tasks.mlflow_logger import stage_logger
 
@@ -195,6 +196,7 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
         logger=logger,
         dev=dev,
         metrics=spec.metrics,
+        extra_callbacks=[StopWhenFileAppears(out / STOP_FILE)],  # the lease was lost (tasks/lease.py)
     )
     save_task_model(model, out / TASK_MODEL_DIR)
     return StageOutput(summary=asdict(result), info={"init": ft.init}, artifacts=[TASK_MODEL_DIR])

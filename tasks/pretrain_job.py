@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from gpt.config.fields import observation
 from gpt.config.loader import from_dict
+from gpt.config.secrets import redact_data, reveal_data
 from gpt.downstream.config import CustomTaskConfig
 from gpt.model.config import ModelConfig
 from gpt.train.config import PretrainConfig
-from tasks.definition import StageEnv, StageOutput
+from tasks.definition import STOP_FILE, StageEnv, StageOutput
 from tasks.errors import StageError
 
 if TYPE_CHECKING:
@@ -63,12 +64,13 @@ class PretrainJob:
         """The job as JSON, for a training job in other processes."""
         paths = {"tokenizer_dir": self.tokenizer_dir, "encode_dir": self.encode_dir, "out": self.out}
         env = {**asdict(self.env), "cache_dir": str(self.env.cache_dir), "digests": None}
-        return json.dumps({"section": asdict(self.section), **{k: str(v) for k, v in paths.items()}, "env": env})
+        spec = {"section": asdict(self.section), **{k: str(v) for k, v in paths.items()}, "env": env}
+        return json.dumps(redact_data(spec))  # a file in the stage dir: the worker reveals credentials from its env
 
     @classmethod
     def from_json(cls, text: str) -> PretrainJob:
         """The job back from `to_json`; the section is rebuilt and checked field by field."""
-        spec = json.loads(text)
+        spec = reveal_data(json.loads(text))  # the tracking URI and task URLs: from the environment
         env = spec["env"]
         return cls(
             from_dict(PretrainSection, spec["section"]),
@@ -88,6 +90,7 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
 
     from gpt.data.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
     from gpt.model.transformer import save_model
+    from gpt.train.callbacks import StopWhenFileAppears
     from gpt.train.pretrain import pretrain
     from gpt.train.samples import SampleCallback, sample_text
     from tasks.mlflow_logger import stage_logger
@@ -101,7 +104,11 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
         if logger:
             logger.experiment.log_text(logger.run_id, text, f"samples/step_{step:07d}.txt")
 
-    callbacks = [SampleCallback(enc, p.sample_tokens, section.seed, log_samples), *(extra_callbacks or [])]
+    callbacks = [
+        SampleCallback(enc, p.sample_tokens, section.seed, log_samples),
+        StopWhenFileAppears(job.out / STOP_FILE),  # the lease was lost (tasks/lease.py)
+        *(extra_callbacks or []),
+    ]
     if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
         from gpt.downstream.zeroshot import zeroshot_callback
 

@@ -15,6 +15,7 @@ traceback, and a retry for stages that fetch from the network).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from prefect import Task, task
@@ -22,8 +23,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.states import Completed, Failed, State
 
+from gpt.config.secrets import scrub_exception
 from tasks.child_process import Placement, compute_placed, compute_stage
 from tasks.definition import StageEnv
+from tasks.lease import LeaseLost, StoreLease, acquire
 from tasks.locks import file_lock, shared_locks
 from tasks.plan import corrupt_message
 from tasks.remote_store import RemoteStore
@@ -52,7 +55,8 @@ def check_inputs_intact(upstream: list[Stage]) -> None:
 
 def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | None) -> dict[str, Any]:
     store = RemoteStore.from_env()  # the shared copy of finished stages (--store / GPTFLOW_STORE), if any
-    with file_lock(stage.lock_path, on_wait=lambda: get_run_logger().info(f"{stage.name}: waiting for another run")):
+    log = get_run_logger()
+    with file_lock(stage.lock_path, on_wait=lambda: log.info(f"{stage.name}: waiting for another run")):
         stage.recover_replaced()
         if not force and stage.is_done():  # done before we asked, or by the run we waited for
             if store:
@@ -60,32 +64,65 @@ def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | No
             return {"dir": str(stage.dir), "computed": False, "artifacts": []}
         if not force and stage.dir.exists():
             raise StageError(corrupt_message(stage, stage.verify()[0]))
-        if store and not force and store.pull(stage):  # finished elsewhere: downloaded, verified, committed
-            get_run_logger().info(f"{stage.name}: reused from {store.stage_url(stage)}")
-            return {"dir": str(stage.dir), "computed": False, "artifacts": []}
-        upstream = stage.upstream_stages if stage.definition.keyed_on_inputs else []
-        with shared_locks([u.readers_path for u in upstream]):  # no rebuild swaps an input until committed
-            changed = stage.inputs_changed()
-            if changed:
-                raise StageError(
-                    f"{', '.join(changed)} was rebuilt by another run since this stage was planned; run again"
-                )
-            check_inputs_intact(upstream)
-            out_dir = stage.prepare_partial(fresh=force)
-            for aside in stage.set_aside_broken_checkpoints():
-                get_run_logger().warning(
-                    f"{stage.name}: checkpoint is corrupt, set aside as {aside}; resuming from the newest intact one"
-                )
-            inputs = {u.name: u.dir for u in upstream}
-            started = time.time()
-            if placement is None:
-                out = compute_stage(stage, inputs, out_dir, env)
-            else:
-                out = compute_placed(stage, inputs, out_dir, env, placement)
-            commit(stage, out.summary, out.info, env.run_id, started)  # replaces a forced stage's old copy only now
-        if store:
-            store.push(stage, overwrite=force)
-        return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
+        if store is None:
+            return _compute_and_commit(stage, env, force, placement, None, None)
+        while True:  # machines sharing the store: one holds the stage's lease and computes, the others wait
+            lease = acquire(store, stage, pull=not force, log=log.info)
+            if lease is None:  # finished elsewhere: downloaded, verified, committed
+                log.info(f"{stage.name}: reused from {store.stage_url(stage)}")
+                return {"dir": str(stage.dir), "computed": False, "artifacts": []}
+            try:
+                return _compute_and_commit(stage, env, force, placement, store, lease)
+            except LeaseLost as e:
+                log.warning(f"{e}; waiting for that machine's result")
+                force = False  # the new holder's result is the one to take
+            finally:
+                lease.release()
+
+
+def _compute_and_commit(
+    stage: Stage,
+    env: StageEnv,
+    force: bool,
+    placement: Placement | None,
+    store: RemoteStore | None,
+    lease: StoreLease | None,
+) -> dict[str, Any]:
+    """Compute the stage from its inputs into its partial directory and commit it (its lock held);
+    with a store, under this machine's `lease`, and uploaded once committed."""
+    log = get_run_logger()
+    upstream = stage.upstream_stages if stage.definition.keyed_on_inputs else []
+    with shared_locks([u.readers_path for u in upstream]):  # no rebuild swaps an input until committed
+        changed = stage.inputs_changed()
+        if changed:
+            raise StageError(f"{', '.join(changed)} was rebuilt by another run since this stage was planned; run again")
+        check_inputs_intact(upstream)
+        out_dir = stage.prepare_partial(fresh=force)
+        if lease is not None and stage.definition.resumable and not force:
+            restored = lease.restore_checkpoints(out_dir)
+            if restored:
+                log.info(f"{stage.name}: resuming from the previous holder's checkpoints: {', '.join(restored)}")
+        for aside in stage.set_aside_broken_checkpoints():
+            log.warning(f"{stage.name}: checkpoint is corrupt, set aside as {aside}; resuming from the newest intact")
+        inputs = {u.name: u.dir for u in upstream}
+        started = time.time()
+        with lease.kept(out_dir, log.info, log.warning) if lease else nullcontext():
+            try:
+                if placement is None:
+                    out = compute_stage(stage, inputs, out_dir, env)
+                else:
+                    out = compute_placed(stage, inputs, out_dir, env, placement)
+            except Exception:
+                if lease is not None and lease.lost.is_set():  # stopped because another machine took over
+                    lease.check()
+                raise
+        if lease is not None:
+            lease.check()  # never commit a stage whose lease another machine holds now
+        commit(stage, out.summary, out.info, env.run_id, started)  # replaces a forced stage's old copy only now
+    if store is not None and lease is not None:
+        store.push(stage, overwrite=force)
+        lease.clear_checkpoints()
+    return {"dir": str(stage.dir), "computed": True, "artifacts": out.artifacts}
 
 
 @task(persist_result=False, cache_policy=NO_CACHE, retry_delay_seconds=[2, 10], retry_condition_fn=_retryable)
@@ -99,6 +136,7 @@ def run_stage(stage: Stage, env: StageEnv, force: bool = False, placement: Place
     except Exception as e:
         message = user_error(e)
         if message is None or getattr(e, "transient", False):
+            scrub_exception(e)  # Prefect stores the failed state's message on its server
             raise
         return Failed(name=BAD_INPUT, message=message)
     if result["computed"]:

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from gpt.config.experiment import flatten, hash_json
 from gpt.config.fields import ConfigError
+from gpt.config.secrets import redact_data, redact_text
 from gpt.data.shards import ShardError
 from gpt.data.sources import SourceError
 from tasks.content import ContentError
-from tasks.definition import StageDef, key_view
+from tasks.definition import STOP_FILE, StageDef, key_view
 from tasks.errors import KeyPending, StageError
 from tasks.locks import file_lock
 
@@ -221,6 +222,7 @@ class Stage:
         if self.partial_dir.exists() and (fresh or not self.definition.resumable):
             shutil.rmtree(self.partial_dir)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
+        (self.partial_dir / STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier attempt
         write_json_atomic(
             self.partial_dir / PARTIAL_RECORD, {"stage": self.name, "kind": self.kind, **self.inputs_record()}
         )
@@ -246,16 +248,21 @@ class Stage:
         """
         broken = []
         for ckpt in sorted(self.partial_dir.rglob("*.ckpt")):
-            try:
-                with zipfile.ZipFile(ckpt) as z:
-                    intact = z.testzip() is None
-            except (zipfile.BadZipFile, OSError, EOFError):
-                intact = False
-            if not intact:
+            if not intact_checkpoint(ckpt):
                 aside = self.partial_dir.parent / f"{self.key}.{ckpt.name}.corrupt"  # kept, out of the manifest
                 os.replace(ckpt, aside)
                 broken.append(aside)
         return broken
+
+
+def intact_checkpoint(path: Path) -> bool:
+    """Whether a torch checkpoint is a complete zip archive (every member's CRC checks): one a killed
+    save or a save still in progress leaves is not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
 
 
 def outputs_digest(files: dict[str, dict[str, Any]], patterns: tuple[str, ...]) -> str:
@@ -352,7 +359,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     """
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=2, default=str))
+        f.write(json.dumps(redact_data(obj), indent=2, default=str))  # no credential lands in a stage dir
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -413,8 +420,8 @@ def user_error(e: BaseException) -> str | None:
     Anything else is a bug and keeps its traceback.
     """
     if isinstance(e, ConfigError | SourceError | StageError | ShardError | ContentError):
-        return str(e)
+        return redact_text(str(e))  # the line goes to the terminal, MLflow and Prefect: no credentials
     if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
         where = f": {e.filename}" if e.filename else ""
-        return f"{e.strerror or e}{where}"
+        return redact_text(f"{e.strerror or e}{where}")
     return None

@@ -1,8 +1,9 @@
-"""Lightning callbacks gptflow adds: MFU on CPU too, and a clear stop on a non-finite loss."""
+"""Lightning callbacks gptflow adds: MFU on CPU too, a clear stop on a non-finite loss, a stop on request."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -54,3 +55,24 @@ class NonFiniteLossStop(L.Callback):
                 f"non-finite loss ({loss.item()}) at step {trainer.global_step}; "
                 "checkpoints from earlier steps are kept — lower the lr or check the data"
             )
+
+
+class StopRequested(RuntimeError):
+    """Training was asked to stop from outside (a file appeared); its checkpoints stay for a resume."""
+
+
+class StopWhenFileAppears(L.Callback):
+    """Raise StopRequested at the next optimizer step once `path` exists.
+
+    Another thread or process (one that can neither signal this one nor share its memory: a
+    stage worker, a trainer on another thread) asks the training to stop by creating the file.
+    Stopping with an error, not `trainer.should_stop`, so the truncated run is never taken for a
+    finished one. One stat per step.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.path.exists():
+            raise StopRequested(f"asked to stop at step {trainer.global_step}: {self.path} exists")
