@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from flows.config_command import add_config_options, add_config_parser, cmd_config
 from flows.gc_command import add_gc_parser, cmd_gc
+from flows.servers.command import add_servers_parser, cmd_servers
 from flows.workspace import Workspace
 
 if TYPE_CHECKING:
     from tasks.content import DigestCache
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.loader import load_config
+from gpt.config.secrets import install_log_redaction, redact_url, scrub_exception
 
 
 def _csv(value: str) -> list[str]:
@@ -102,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     selection(serve)
     serve.add_argument("--cron", required=True, help='schedule, e.g. "0 3 * * *" (03:00 daily)')
     serve.add_argument("--name", help="deployment name (default: gptflow-<experiment>)")
+    serve.add_argument(
+        "--pool",
+        help="deploy to this process work pool on the Prefect server (PREFECT_API_URL) and exit; "
+        "`prefect worker start --pool NAME` runs the scheduled runs (default: serve them from this process)",
+    )
     store_option(serve)
 
     report = sub.add_parser("report", help="write the report card of a pipeline run (report.html, report.md, plots)")
@@ -153,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     add_gc_parser(sub)
     add_config_parser(sub)
+    add_servers_parser(sub)
     return p
 
 
@@ -224,10 +232,11 @@ def run_once(cfg: ExperimentConfig, args: argparse.Namespace, ws: Workspace) -> 
 
 def print_ending(cfg: ExperimentConfig, ws: Workspace, result: dict[str, Any]) -> None:
     """What every run ends with: the MLflow run, each stage's outcome, then its results read back from MLflow."""
-    print(f"\nMLflow run {result['run_id']} (experiment '{cfg.experiment}', store {ws.tracking_uri})")
+    print(f"\nMLflow run {result['run_id']} (experiment '{cfg.experiment}', store {redact_url(ws.tracking_uri)})")
     for name, outcome in result["stages"].items():
         print(f"  {name:<24} {outcome}")
-    print(f"artifacts: {result['artifacts']}\nopen the UI with: gptflow ui --workspace {ws.root}")
+    ui = f"at {redact_url(ws.tracking_uri)}" if _served(ws) else f"with: gptflow ui --workspace {ws.root}"
+    print(f"artifacts: {result['artifacts']}\nopen the UI {ui}")
     from mlflow.exceptions import MlflowException
 
     from reports.headline import headline
@@ -278,7 +287,7 @@ def cmd_sweep(args: argparse.Namespace, ws: Workspace) -> int:
 
 def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
     """Validate the config like `run`, then serve the scheduled deployment until interrupted."""
-    from flows.serve import check_cron, serve
+    from flows.serve import check_cron, deploy, serve
     from tasks.plan import build_plan, check_corpus_fits, check_inputs, select
 
     cfg = _load(args)
@@ -290,7 +299,10 @@ def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
     ws.check_tracking()
     ws.check_store()
     selection = {"only": args.only, "from_stage": args.from_stage, "force": args.force, "rebuild": args.rebuild}
-    serve(cfg, ws, args.cron, args.name, selection)
+    if args.pool:
+        deploy(cfg, ws, args.cron, args.name, selection, args.pool)
+    else:
+        serve(cfg, ws, args.cron, args.name, selection)
     return 0
 
 
@@ -375,10 +387,18 @@ def cmd_export_hf(args: argparse.Namespace, ws: Workspace) -> int:
     return export_hf_command(args, ws)
 
 
+def _served(ws: Workspace) -> bool:
+    """Whether the tracking store is an MLflow server (MLFLOW_TRACKING_URI=http...), which serves the UI itself."""
+    return ws.tracking_uri.startswith(("http://", "https://"))
+
+
 def cmd_ui(args: argparse.Namespace, ws: Workspace) -> int:
-    """Replace this process with `mlflow ui` bound to 127.0.0.1."""
+    """Replace this process with `mlflow ui` bound to 127.0.0.1 (with a tracking server: say where its UI is)."""
+    if _served(ws):
+        print(f"MLflow UI at {redact_url(ws.tracking_uri)} (the tracking server MLFLOW_TRACKING_URI names serves it)")
+        return 0
     url = f"http://127.0.0.1:{args.port}"
-    print(f"MLflow UI at {url} (store {ws.tracking_uri})", flush=True)
+    print(f"MLflow UI at {url} (store {redact_url(ws.tracking_uri)})", flush=True)
     mlflow = Path(sys.executable).with_name("mlflow")
     argv = [str(mlflow), "ui", "--backend-store-uri", ws.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
     if ws.artifact_location:
@@ -409,8 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.stage import user_error
 
     args = _parser().parse_args(argv)
+    install_log_redaction()  # no credential in a URL reaches a log line (gpt/config/secrets.py)
     if args.command == "config":  # no workspace, no torch or tiktoken: answers at once
         return cmd_config(args)
+    if args.command == "servers":  # the team stack: no workspace
+        return cmd_servers(args)
     try:
         if getattr(args, "store", None):  # the stage tasks and the flow read it from the environment
             os.environ[STORE_ENV] = normalize_url(args.store)
@@ -424,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         message = user_error(e)
         if message is None:
+            scrub_exception(e)  # its traceback ends with its message
             raise  # a bug: keep the traceback
         print(f"gptflow: error: {message}", file=sys.stderr)
         return 2

@@ -12,10 +12,12 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from flows.fanout import concurrent, groups, run_concurrently
+from flows.notify import on_pipeline_completion, on_pipeline_failure
 from flows.stage_book import INTERRUPTS, StageBook
 from flows.workspace import Workspace
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.loader import from_dict
+from gpt.config.secrets import export_secrets, install_log_redaction, redacted_config, reveal_config, scrub_exception
 from reports.claims import CLAIMS_TAG, claims_json
 from reports.run_report import PRESET_TAG
 from tasks.content import DigestCache
@@ -26,7 +28,7 @@ from tasks.runner import BAD_INPUT
 from tasks.tracking import Tracker, git_commit
 
 
-@flow(name="gptflow-pipeline")
+@flow(name="gptflow-pipeline", on_failure=[on_pipeline_failure], on_completion=[on_pipeline_completion])
 def pipeline(
     config: dict[str, Any],
     workspace: str,
@@ -42,10 +44,15 @@ def pipeline(
     `tags` are added to the parent run (a sweep's `sweep` and `trial`).
     A stage that fails on bad input ends the flow in a `Failed` state named `BadInput` whose
     message is one line naming the stage and the culprit.
+
+    `config` comes redacted (Prefect stores flow parameters on its server): the credentials it stood
+    for are put back from this process's environment (gpt/config/secrets.py). The flow's hooks send
+    the `notify:` messages (flows/notify.py).
     """
+    install_log_redaction()  # Prefect ships this process's log records to its server
     # Lightning prints through its own handler; without this Prefect's root handler repeats every line.
     logging.getLogger("lightning.pytorch").propagate = False
-    cfg: ExperimentConfig = from_dict(ExperimentConfig, config)
+    cfg: ExperimentConfig = from_dict(ExperimentConfig, reveal_config(config))
     ws = Workspace(Path(workspace))
     digests = DigestCache(ws.digests)
     select(build_plan(cfg, ws.artifacts, digests=digests), only, from_stage, force, rebuild)  # fail before any run
@@ -60,7 +67,7 @@ def pipeline(
     resumed = [r for r in tracker.close_orphans() if r.data.tags.get("config_hash") == run_tags["config_hash"]]
     if resumed:  # the latest killed run of this config: this run continues its work
         run_tags["resumes"] = max(resumed, key=lambda r: r.info.start_time).info.run_id
-    parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), run_tags)
+    parent = tracker.start_parent(flow_run.name or "gptflow", cfg.flat(), run_tags)  # credentials redacted
     plan = build_plan(cfg, ws.artifacts, run_id=parent, digests=digests)  # the report stage describes this run
     selected, forced = select(plan, only, from_stage, force, rebuild)
     book = StageBook(tracker, cfg, plan, forced, ws)
@@ -81,6 +88,9 @@ def pipeline(
     except INTERRUPTS:
         status = "KILLED"
         raise
+    except Exception as e:
+        scrub_exception(e)  # its message becomes the flow state's, stored by Prefect
+        raise
     finally:
         tracker.end_parent(status)
     return {"run_id": parent, "stages": book.outcome, "artifacts": str(ws.artifacts)}
@@ -90,11 +100,14 @@ def run_pipeline(config: dict[str, Any], workspace: str, **options: Any) -> dict
     """Call the flow and return its result (`run_id`, `stages`, `artifacts`), for `gptflow run` and sweep trials.
 
     A stage that failed on bad input raises StageError with its one line; `options` are the flow's
-    other parameters (stage selection, config file, tags).
+    other parameters (stage selection, config file, tags). The flow gets the config with its
+    credentials redacted; their real values reach it through this process's environment.
     """
     from tasks.stage import StageError
 
-    state = pipeline(config=config, workspace=workspace, **options, return_state=True)
+    cfg = from_dict(ExperimentConfig, config)
+    export_secrets(cfg)
+    state = pipeline(config=redacted_config(cfg), workspace=workspace, **options, return_state=True)
     if state.name == BAD_INPUT:
         raise StageError(state.message)
     result = state.result()

@@ -108,10 +108,14 @@ class Workspace:
     @property
     def artifact_location(self) -> str | None:
         """Artifact root for new experiments: `<store>/mlartifacts` with a store, else the workspace's
-        `mlartifacts/`; a remote tracking server decides its own."""
+        `mlartifacts/`; a remote tracking server decides its own. A store URL carrying credentials is not
+        used: MLflow keeps an experiment's artifact root in its database, in the clear."""
+        from gpt.config.secrets import has_credentials
+
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return None
-        return f"{self.store}/mlartifacts" if self.store else (self.root / "mlartifacts").as_uri()
+        store = self.store
+        return f"{store}/mlartifacts" if store and not has_credentials(store) else (self.root / "mlartifacts").as_uri()
 
     def check_writable(self) -> None:
         """One line instead of a traceback deep inside a stage when the workspace cannot be written."""
@@ -196,5 +200,9 @@ class Workspace:
             # never in the workspace, which a team may share (anyone who can write it could run code).
             "TORCHINDUCTOR_CACHE_DIR": str(private_cache_dir() / "torchinductor"),
         }
+        from gpt.config.secrets import has_credentials
+
+        if has_credentials(os.environ.get("MLFLOW_TRACKING_URI", "")):  # MLflow prints run URLs with them
+            defaults["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         for key, value in defaults.items():
             os.environ.setdefault(key, value)

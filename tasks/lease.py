@@ -255,8 +255,15 @@ def acquire(store: RemoteStore, stage: Stage, pull: bool, log: Log, poll: float 
     poll = poll if poll is not None else min(5.0, lease.ttl / 4)
     seen: tuple[dict[str, Any], float] | None = None  # the holder's record, and since when it is unchanged
     announced = False
+    started = time.monotonic()
+
+    def waited() -> None:
+        if announced:
+            log(f"{stage.name}: waited {time.monotonic() - started:.1f} s for another machine's lease")
+
     while True:
         if pull and store.pull(stage):
+            waited()
             return None
         record = lease.read()
         now = time.monotonic()
@@ -267,11 +274,12 @@ def acquire(store: RemoteStore, stage: Stage, pull: bool, log: Log, poll: float 
             if expired and record:
                 log(f"{stage.name}: the lease of {holder_label(record)} expired; taking over")
             if lease.try_take():
+                waited()
                 if pull and store.pull(stage):  # finished just before we took it
                     lease.release()
                     return None
                 return lease
-            seen, announced = None, False
+            seen = None
             continue
         if not announced:
             log(f"{stage.name}: {holder_label(record)} is computing it (lease {lease.url}); waiting for its result")

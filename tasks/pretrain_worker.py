@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from gpt.config.secrets import install_log_redaction, redact_text
 from gpt.train.config import PretrainConfig
 from tasks.definition import StageOutput
 from tasks.errors import StageError
@@ -73,13 +74,14 @@ def main(spec_path: str) -> None:
     """Train on this rank from the spec; rank 0 writes the result file (or the one-line error)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+    install_log_redaction()  # its log is a file in the stage dir
     job = PretrainJob.from_json(Path(spec_path).read_text())
     result_file = Path(spec_path).with_name(RESULT_FILE)
     try:
         result = train(job)
     except StageError as e:
         if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by lightning at import; its stub (a function) lacks it
-            result_file.write_text(json.dumps({"error": str(e)}))
+            result_file.write_text(json.dumps({"error": redact_text(str(e))}))
         sys.exit(1)
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by lightning at import; its stub (a function) lacks it
         result_file.write_text(json.dumps(asdict(result)))

@@ -69,7 +69,8 @@ def _compute(stage: Stage, env: StageEnv, force: bool, placement: Placement | No
         while True:  # machines sharing the store: one holds the stage's lease and computes, the others wait
             lease = acquire(store, stage, pull=not force, log=log.info)
             if lease is None:  # finished elsewhere: downloaded, verified, committed
-                log.info(f"{stage.name}: reused from {store.stage_url(stage)}")
+                size = sum(f["bytes"] for f in stage.manifest()["files"].values())
+                log.info(f"{stage.name}: reused from {store.stage_url(stage)} (downloaded {size / 1e6:.2f} MB)")
                 return {"dir": str(stage.dir), "computed": False, "artifacts": []}
             try:
                 return _compute_and_commit(stage, env, force, placement, store, lease)

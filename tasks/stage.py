@@ -41,6 +41,7 @@ from tasks.content import ContentError
 from tasks.definition import STOP_FILE, StageDef, key_view
 from tasks.errors import KeyPending, StageError
 from tasks.locks import file_lock
+from tasks.server_errors import unreachable_server
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -424,4 +425,4 @@ def user_error(e: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in _USER_ERRNOS:
         where = f": {e.filename}" if e.filename else ""
         return redact_text(f"{e.strerror or e}{where}")
-    return None
+    return unreachable_server(e)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from gpt.config.secrets import redact_text
 from tasks.locks import pid_alive
 from tasks.stage import Stage
 
@@ -72,12 +74,22 @@ class Tracker:
         # The registry lives in the same store; without registry_uri MLflow would use the process-global URI.
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-        else:
-            self.experiment_id = found.experiment_id
+        self.experiment_id = self._experiment(experiment, artifact_location)
         self.parent_id: str | None = None
+
+    def _experiment(self, name: str, artifact_location: str | None) -> str:
+        """The experiment's id, creating it first if needed. On a shared tracking server another machine may
+        create it between the lookup and the create (the workspace's lock covers one machine only): then use theirs."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as e:
+            found = self.client.get_experiment_by_name(name)
+            if e.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+                raise
+            return found.experiment_id
 
     def close_orphans(self) -> list[Run]:
         """Mark RUNNING pipeline and stage runs whose process is gone (SIGKILL, power loss) as FAILED.
@@ -104,7 +116,7 @@ class Tracker:
         tags = {**tags, **owner_tags(), "gptflow.kind": "pipeline"}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.parent_id = run.info.run_id
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, redact_text(str(v))) for k, v in params.items()]  # the caller masks secret fields
         for i in range(0, len(items), 100):
             self.client.log_batch(self.parent_id, params=items[i : i + 100])
         return self.parent_id
@@ -140,7 +152,7 @@ class Tracker:
 
     def fail(self, run_id: str, error: BaseException | str, status: str = "FAILED") -> None:
         """Close a run as FAILED (or KILLED), keeping the error message as a tag."""
-        self.client.set_tag(run_id, "error", (str(error) or type(error).__name__)[:5000])
+        self.client.set_tag(run_id, "error", redact_text(str(error) or type(error).__name__)[:5000])
         self.client.set_terminated(run_id, status)
 
     def log_metrics(self, run_id: str | None, metrics: dict[str, float], step: int = 0) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from stack_fixture import team_servers  # noqa: F401 - the team stack (gptflow servers up), for -m servers
 
 from gpt.data.shards import encode_corpus
 from gpt.data.tokenizer import SPLIT_PATTERN, build_encoding, train_bpe

@@ -38,6 +38,8 @@ NEW_VALUE: dict[str, object] = {
     "sweep.metric": "sst2.f1",
     "sweep.goal": "minimize",
     "sweep.sampler_seed": 5,
+    "notify.urls": ["json://127.0.0.1:9/hook"],
+    "notify.on": ["failure", "finish"],
     "corpus.source": "gutenberg",
     "corpus.sources": [{"source": "tinyshakespeare", "weight": 1.0}],
     "corpus.max_bytes": 100_000,
@@ -198,6 +200,8 @@ def test_observation_and_placement_keys_are_the_documented_ones():
         "sweep.metric",
         "sweep.goal",
         "sweep.sampler_seed",
+        "notify.urls",
+        "notify.on",
     }
     assert {k for k, r in roles.items() if r == PLACEMENT} == {
         "pretrain.strategy",

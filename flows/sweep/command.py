@@ -8,6 +8,7 @@ import sys
 from flows.sweep.plan import SweepPlan, plan_sweep, with_grid
 from flows.workspace import Workspace
 from gpt.config.experiment import ExperimentConfig
+from gpt.config.secrets import export_secrets, redacted_config
 
 
 def checked_plan(cfg: ExperimentConfig, grid_args: list[str] | None) -> SweepPlan:
@@ -37,8 +38,9 @@ def cmd_sweep(cfg: ExperimentConfig, args: argparse.Namespace, ws: Workspace) ->
     ws.check_tracking()
     ws.check_store()
     print(f"{plan.sweep_id}: {source.total} trials of {plan.sweep.method} over {', '.join(plan.sweep.params)}")
+    export_secrets(plan.base)  # the flow's parameter is redacted (Prefect stores it); the trials need the real values
     with prefect_api():
-        outcome = sweep_flow(config=plan.base.to_dict(), workspace=str(ws.root))
+        outcome = sweep_flow(config=redacted_config(plan.base), workspace=str(ws.root))
     table = trial_table(outcome.results, list(plan.sweep.params), plan.metric, plan.goal)
     print(f"\nsweep {plan.sweep_id}: MLflow run {outcome.run_id} (experiment '{plan.base.experiment}')")
     print(f"compare: gptflow compare --sweep {plan.sweep_id} --workspace {ws.root}\n")

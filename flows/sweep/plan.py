@@ -15,6 +15,7 @@ from flows.sweep.trials import Trial, TrialSource, grid
 from gpt.config.experiment import ExperimentConfig, hash_json
 from gpt.config.fields import ConfigError, FieldError
 from gpt.config.loader import from_dict
+from gpt.config.secrets import public_config
 from gpt.config.sweep import ParamRange, SweepConfig
 from reports.compare import LOWER_IS_BETTER
 from reports.runs import STAGE_PREFIXES, TASK_METRIC, split_variant
@@ -33,7 +34,8 @@ class SweepPlan:
     @property
     def sweep_id(self) -> str:
         """Stable id of this sweep (base config + sweep section): a rerun continues the same sweep."""
-        return "sweep-" + hash_json({"base": self.base.to_dict(), "sweep": dataclasses.asdict(self.sweep)}, 10)
+        base = public_config(self.base)  # credentials left out: everyone's copy of the sweep is the same sweep
+        return "sweep-" + hash_json({"base": base, "sweep": dataclasses.asdict(self.sweep)}, 10)
 
     def source(self) -> TrialSource:
         """A fresh source of this sweep's trials (the sampler seeded as configured)."""

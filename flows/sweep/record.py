@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.sweep.plan import SweepPlan
 from flows.sweep.table import TrialResult
+from gpt.config.secrets import redact_text
 from reports.sweep_compare import GOAL_TAG, KEYS_TAG, METRIC_TAG, SWEEP_TAG, TABLE_FILE
 from tasks.tracking import owner_tags
 
@@ -34,7 +35,7 @@ def start_sweep_run(client: MlflowClient, experiment_id: str, plan: SweepPlan, t
     run = client.create_run(experiment_id, run_name=plan.sweep_id, tags=tags)
     client.log_param(run.info.run_id, "method", plan.sweep.method)
     client.log_param(run.info.run_id, "trials", total)
-    client.log_param(run.info.run_id, "params", json.dumps(plan.sweep.params, default=str)[:6000])
+    client.log_param(run.info.run_id, "params", redact_text(json.dumps(plan.sweep.params, default=str))[:6000])
     return run.info.run_id
 
 
@@ -43,7 +44,7 @@ def finish_sweep_run(
 ) -> None:
     """Log the trial table and the best trial (tag `best_trial`, metric `best.<metric>`), then close the run."""
     if not table.empty:
-        client.log_text(run_id, table.to_csv(index=False), TABLE_FILE)
+        client.log_text(run_id, redact_text(table.to_csv(index=False)), TABLE_FILE)
     if best is not None:
         client.set_tag(run_id, "best_trial", str(best.trial.number))
         client.set_tag(run_id, "best_run", best.run_id)

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from prefect import flow
 
 from flows.fanout import concurrency, stage_threads
+from flows.notify import on_sweep_completion, on_sweep_failure
 from flows.stage_book import INTERRUPTS
 from flows.sweep.plan import SweepPlan, plan_sweep
 from flows.sweep.record import SWEEP_TAG, TRIAL_TAG, finish_sweep_run, start_sweep_run
@@ -30,6 +31,7 @@ from flows.sweep.worker import init_worker, run_trial
 from flows.workspace import Workspace
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.loader import from_dict
+from gpt.config.secrets import install_log_redaction, reveal_config, scrub_exception
 from tasks.locks import file_lock
 from tasks.tracking import Tracker
 
@@ -85,11 +87,13 @@ def in_worker(cfg_dict: dict[str, Any], threads: int) -> dict[str, Any]:
     return {**cfg_dict, "fanout": fanout}
 
 
-@flow(name="gptflow-sweep")
+@flow(name="gptflow-sweep", on_failure=[on_sweep_failure], on_completion=[on_sweep_completion])
 def sweep_flow(config: dict[str, Any], workspace: str) -> SweepOutcome:
     """Every trial of the sweep, batch by batch, a line for each as it ends; the sweep's MLflow run holds
-    the trials' table and the best trial."""
-    plan = plan_sweep(from_dict(ExperimentConfig, config))
+    the trials' table and the best trial. `config` comes redacted (gpt/config/secrets.py); one `notify:`
+    message reports the whole sweep (flows/notify.py)."""
+    install_log_redaction()
+    plan = plan_sweep(from_dict(ExperimentConfig, reveal_config(config)))
     ws = Workspace(Path(workspace))
     source = plan.source()
     slots = concurrency(plan.base.fanout)
@@ -117,6 +121,9 @@ def sweep_flow(config: dict[str, Any], workspace: str) -> SweepOutcome:
         status = "FINISHED"
     except INTERRUPTS:
         status = "KILLED"
+        raise
+    except Exception as e:
+        scrub_exception(e)  # its message becomes the flow state's, stored by Prefect
         raise
     finally:
         best = best_result(results, plan.metric, plan.goal)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from gpt.config.claims import Claim, parse_claim
 from gpt.config.fields import Check, FieldError, Section, at_least, between, knob, matches, observation, placement
+from gpt.config.notify import NotifyConfig
+from gpt.config.secrets import public_config, redacted_config
 from gpt.config.sweep import SweepConfig
 from gpt.data.config import CorpusConfig, EncodeConfig, TokenizerConfig
 from gpt.downstream.config import NAME_PATTERN, CustomTaskConfig
@@ -75,6 +77,9 @@ class ExperimentConfig(Section):
     sweep: SweepConfig = observation(
         None, "what `gptflow sweep` varies (ignored by `gptflow run`)", factory=SweepConfig
     )
+    notify: NotifyConfig = observation(
+        None, "who hears that a run failed or finished (apprise URLs)", factory=NotifyConfig
+    )
 
     def check(self) -> None:
         if self.model.vocab_size is not None:
@@ -103,12 +108,14 @@ class ExperimentConfig(Section):
         return dataclasses.asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """The config as `section.key -> value`, the form MLflow params take."""
-        return flatten(self.to_dict())
+        """The config as `section.key -> value`, the form MLflow params take: credentials redacted and
+        secret fields masked (gpt/config/secrets.py)."""
+        return flatten(redacted_config(self))
 
     def digest(self) -> str:
-        """Stable short hash of the whole config."""
-        return hash_json(self.to_dict())
+        """Stable short hash of the whole config; credentials in URLs are left out and secret fields
+        masked (gpt/config/secrets.py), so everyone's copy of a config hashes the same."""
+        return hash_json(public_config(self))
 
 
 def hash_json(obj: Any, length: int = 16) -> str:

@@ -55,17 +55,29 @@ def knob(
     check: Check | None = None,
     role: str | None = None,
     factory: Callable[[], Any] | None = None,
+    secret: bool = False,
 ) -> Any:
-    """A config field: its default (or `factory`), its doc, its check and its role, in one place."""
-    metadata = {"doc": doc, "check": check, "role": role}
+    """A config field: its default (or `factory`), its doc, its check and its role, in one place.
+
+    `secret`: its values are credentials (a webhook URL's path is its token), never logged or shown in
+    full (gpt/config/secrets.py).
+    """
+    metadata = {"doc": doc, "check": check, "role": role, "secret": secret}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def observation(default: Any, doc: str, *, check: Check | None = None, factory: Callable[[], Any] | None = None) -> Any:
+def observation(
+    default: Any,
+    doc: str,
+    *,
+    check: Check | None = None,
+    factory: Callable[[], Any] | None = None,
+    secret: bool = False,
+) -> Any:
     """A field that changes only what is logged or saved along the way, not the result."""
-    return knob(default, doc, check=check, role=OBSERVATION, factory=factory)
+    return knob(default, doc, check=check, role=OBSERVATION, factory=factory, secret=secret)
 
 
 def placement(default: Any, doc: str, *, check: Check | None = None) -> Any:

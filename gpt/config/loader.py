@@ -82,6 +82,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config", prefix: str = "") 
     label = prefix.rstrip(".") or "top level"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: '{label}' must be a mapping, got {type(data).__name__}")
+    if True in data and "on" in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
+        data = {("on" if k is True else k): v for k, v in data.items()}  # YAML 1.1 reads a bare `on:` key as true
     odd = [k for k in data if not isinstance(k, str)]
     if odd:
         raise ConfigError(

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
+from gpt.config.secrets import mask_secret, redact_text
 
 SECTION = "section"
 REQUIRED = "(required)"  # the default shown for a key that has none
@@ -106,6 +107,8 @@ def _walk(cls: type, prefix: str, inherited_role: str | None, instances: Instanc
         values = None if instances is None else [(label, getattr(obj, f.name)) for label, obj in instances]
         inner, shape = _sections_in(tp)
         if inner is None:
+            if values is not None:  # credentials are never printed (gpt/config/secrets.py)
+                values = [(label, _shown(v, bool(f.metadata.get("secret")))) for label, v in values]
             yield KeyDoc(
                 key,
                 _type_name(tp),
@@ -134,6 +137,15 @@ def _walk(cls: type, prefix: str, inherited_role: str | None, instances: Instanc
         else:
             items = None if values is None else [(_at(lb, f"[{i}]"), v) for lb, xs in values for i, v in enumerate(xs)]
             yield from _walk(inner, f"{key}[].", role, items)
+
+
+def _shown(value: Any, secret: bool) -> Any:
+    """A value as `gptflow config` may print it: a secret field masked, credentials in URLs redacted."""
+    if isinstance(value, str):
+        return mask_secret(value) if secret else redact_text(value)
+    if isinstance(value, list):
+        return [_shown(v, secret) for v in value]
+    return value
 
 
 def _placeholder(name: str) -> str:

@@ -21,6 +21,8 @@ from pathlib import Path
 from urllib.error import HTTPError
 from urllib.parse import parse_qs, quote, urlparse
 
+from gpt.config.secrets import basic_auth, redact_url
+
 MIRROR_SCHEME = "mirror://"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # the `#sha256=` of an https source
 
@@ -178,14 +180,22 @@ def fetch(remote: RemoteFile, cache_dir: Path) -> Path:
 
 
 def download(url: str, sha256: str, cache_dir: Path) -> Path:
-    """Download `url` to `cache_dir/<sha256>` (resuming a partial file) and verify its hash."""
+    """Download `url` to `cache_dir/<sha256>` (resuming a partial file) and verify its hash.
+
+    `https://user:token@host/...` is sent as HTTP basic auth (never to a host a redirect leads to);
+    messages name the URL with its credentials redacted.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / sha256
     if target.is_file():
         return target
     partial = target.with_suffix(".part")
     done = partial.stat().st_size if partial.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={done}-"} if done else {})
+    plain, auth = basic_auth(url)  # urllib would take `user:token@host` for the host name
+    request = urllib.request.Request(plain, headers={"Range": f"bytes={done}-"} if done else {})
+    if auth:
+        request.add_unredirected_header("Authorization", auth)
+    url = redact_url(url)  # from here on only named in messages
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             if done and response.status != 206:  # the server ignored the range: start over
