@@ -107,15 +107,22 @@ def test_a_worker_runs_the_deployment_and_the_ui_shows_the_flow_run(team_servers
 
     ui = team_servers.env["PREFECT_API_URL"].removesuffix("/api")
     browser = Browser(chromium, 1600, 1000)
-    try:
-        browser.send("Page.navigate", url=f"{ui}/runs/flow-run/{first}")
-        shown = browser.wait_for(
-            f"document.body.innerText.includes({runs[0].name!r}) && document.body.innerText.includes('Completed')"
-        )
+    try:  # the rerun's page: its timeline of stages, then its Task Runs tab, the reused stages Cached
+        browser.send("Page.navigate", url=f"{ui}/runs/flow-run/{second}")
+        opened = browser.wait_for(f"document.body.innerText.includes({runs[1].name!r} + '')")
+        time.sleep(2)  # the timeline is drawn on a canvas: no text to wait for
         png = browser.screenshot(OUTPUT / "prefect_ui_flow_run.png")
+        browser.eval(
+            "[...document.querySelectorAll('*')]"
+            ".filter(e => !e.children.length && e.textContent.trim() === 'Task Runs').forEach(e => e.click())"
+        )
+        shown = browser.wait_for(
+            "document.body.innerText.includes('pretrain') && document.body.innerText.includes('Cached')"
+        )
+        browser.screenshot(OUTPUT / "prefect_ui_task_runs.png")
     finally:
         browser.close()
-    assert shown, "the Prefect UI never showed the flow run"
+    assert opened and shown, "the Prefect UI never showed the rerun's task runs as Cached"
     assert png.stat().st_size > 20_000  # a rendered page, not a blank one
 
 
