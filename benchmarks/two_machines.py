@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,13 +54,24 @@ def main() -> int:
         store = (Path(tmp) / "store").as_uri()
         t0 = time.monotonic()
         procs = {m: start(args.config, Path(tmp) / m, store, args.overrides) for m in ("a", "b")}
+        ended: dict[str, tuple[str, float]] = {}
+
+        def collect(name: str) -> None:
+            out, _ = procs[name].communicate()
+            ended[name] = (out, time.monotonic() - t0)
+
+        threads = [threading.Thread(target=collect, args=(m,)) for m in procs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         rows = []
         for name, proc in procs.items():
-            out, _ = proc.communicate()
+            out, wall = ended[name]
             if proc.returncode != 0:
                 print(out[-3000:], file=sys.stderr)
                 return proc.returncode
-            rows.append(summarize(name, out, time.monotonic() - t0))
+            rows.append(summarize(name, out, wall))
     stages = set().union(*(set(r["computed"]) | set(r["downloaded"]) for r in rows))  # type: ignore[arg-type]
     print(f"{'machine':<8} {'wall s':>7} {'computed':>9} {'downloaded':>11} {'MB':>7} {'waited s':>9}")
     for r in rows:
