@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -137,13 +137,17 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=stage.name, tags=tags).info.run_id
 
     def finish_child(self, run_id: str, stage: Stage, manifest: dict[str, Any], cached: bool) -> None:
-        """Tag cached/producer, log the stage's summary metrics, and copy them onto the parent."""
-        self.client.set_tag(run_id, "cached", str(cached).lower())
+        """Tag cached/producer, log the stage's summary metrics, and copy them onto the parent.
+
+        Three round trips to the store (the child's tags and metrics in one batch, the parent's metrics, the
+        end): a fully cached rerun's stages are all bookkeeping."""
+        tags = [RunTag("cached", str(cached).lower())]
         producer = manifest.get("produced_by_run")
         if cached and producer:
-            self.client.set_tag(run_id, "produced_by", producer)
+            tags.append(RunTag("produced_by", producer))
         summary = _finite(manifest.get("summary", {}))
-        self.log_metrics(run_id, summary)
+        ts = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in summary.items()], tags=tags)
         # evaluate[sst2] -> sst2.accuracy (the comparison table's columns); finetune[sst2] -> finetune.sst2.*
         evaluated = stage.variant if stage.kind == "evaluate" else None
         prefix = evaluated.name if evaluated else stage.name.replace("[", ".").rstrip("]")

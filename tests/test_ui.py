@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from procs import descendants
 from report_fixtures import make_tokenizer, record_run
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def get_json(url: str, body: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """(base URL, experiment id, parent run id) of `gptflow ui` serving a workspace with one recorded pipeline run."""
+    """(base URL, experiment id, parent run id, pid) of `gptflow ui` over a workspace with one recorded pipeline run."""
     ws = tmp_path_factory.mktemp("ws")
     assets = tmp_path_factory.mktemp("assets")
     make_tokenizer(assets / "tokenizer")
@@ -71,19 +72,41 @@ def ui(tmp_path_factory):
             except OSError:
                 assert proc.poll() is None and time.time() < deadline, "mlflow ui did not answer /health"
                 time.sleep(1)
-        yield url, exp_id, parent
+        yield url, exp_id, parent, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the UI's own process group (its uvicorn workers included)
         proc.wait(timeout=30)
 
 
 def test_rest_api_lists_the_parent_and_its_stage_runs(ui):
-    url, exp_id, parent = ui
+    url, exp_id, parent, _ = ui
     runs = get_json(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
     tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
     assert tags[parent]["gptflow.kind"] == "pipeline"
     children = sorted(t["stage"] for t in tags.values() if t.get("mlflow.parentRunId") == parent)
     assert children == sorted(STAGES)
+
+
+def rss_mib(pids: set[int]) -> float:
+    """Resident memory of these processes together, MiB (those gone meanwhile count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return total / 1024
+
+
+def test_ui_is_one_small_server(ui):
+    """One uvicorn worker and no job runner: `mlflow ui`'s defaults start 14 processes (4 workers, a job runner,
+    7 job consumers), 3 GB resident, for one person browsing one workspace. The job runner starts after the
+    server, so the tree is watched for a few seconds."""
+    *_, pid = ui
+    for _ in range(6):
+        tree = {pid} | descendants(pid)
+        assert len(tree) <= 3, f"{len(tree)} processes under `gptflow ui`, {rss_mib(tree):.0f} MiB resident"
+        time.sleep(0.5)
 
 
 class Browser:
@@ -144,7 +167,7 @@ def test_experiment_page_shows_the_parent_run_with_its_stage_children(ui):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
-    url, exp_id, parent = ui
+    url, exp_id, parent, _ = ui
     browser = Browser(chromium, 1600, 1000)
     try:
         browser.send("Page.navigate", url=f"{url}/#/experiments/{exp_id}/runs")
