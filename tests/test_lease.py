@@ -190,6 +190,9 @@ def test_lease_on_an_s3_store(tmp_path):
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # fsspec caches filesystems: none may keep another test's endpoint
     try:
         import boto3
 
@@ -208,6 +211,7 @@ def test_lease_on_an_s3_store(tmp_path):
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        S3FileSystem.clear_instance_cache()
         server.stop()
 
 
