@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,20 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from cli_helpers import ROOT, gptflow
 
 
 def servers_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`gptflow servers ARGS` in a subprocess; output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "servers", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    return gptflow("servers", *args, timeout=timeout)
 
 
 @dataclass
@@ -50,14 +41,7 @@ class TeamStack:
 
     def gptflow(self, *args: str, cwd: Path = ROOT, timeout: float = 900) -> subprocess.CompletedProcess:
         """`gptflow ARGS` in a subprocess pointed at the stack (MLFLOW_TRACKING_URI, PREFECT_API_URL)."""
-        return subprocess.run(
-            [sys.executable, "-m", "flows.cli", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
-        )
+        return gptflow(*args, cwd=cwd, timeout=timeout, env=self.env)
 
 
 def recorded(state: dict[str, Any]) -> list[tuple[int, int]]:
