@@ -335,7 +335,10 @@ def test_a_run_with_credentials_everywhere_writes_them_nowhere(tmp_path):
         "SSL_CERT_FILE": str(cert),
         "PREFECT_LOGGING_LEVEL": "INFO",  # everything Prefect logs is searched too
     }
-    env.pop("PREFECT_API_URL", None)
+    # An earlier in-process CLI run leaves its own workspace's Prefect home in os.environ; this run
+    # keeps Prefect's database in its own workspace, where the leak search below looks.
+    for key in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_RESULTS_LOCAL_STORAGE_PATH"):
+        env.pop(key, None)
     try:
         deadline = time.monotonic() + 180
         import httpx
