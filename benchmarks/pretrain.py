@@ -27,7 +27,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,10 +102,9 @@ def bare_round(gcfg: ModelConfig, tcfg: PretrainConfig, shards: Path, warmup: in
     torch.manual_seed(0)
     model = GPT(gcfg).to(device)
     use_compile = tcfg.compile if tcfg.compile is not None else device.type == "cuda"
-    if use_compile:
-        model.compile()
+    loss_of = torch.compile(model.next_token_loss) if use_compile else model.next_token_loss
     model.train()
-    opt = adamw(model, tcfg.lr, tcfg.weight_decay)
+    opt = adamw(model, tcfg.lr, tcfg.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio))
     accumulate = accumulation(tcfg, gcfg.block_size)
     batches = iter(DataLoader(RandomWindows(shards, gcfg.block_size, tcfg.batch_size, 0, lambda: 0), batch_size=None))
@@ -120,8 +118,7 @@ def bare_round(gcfg: ModelConfig, tcfg: PretrainConfig, shards: Path, warmup: in
         for _ in range(accumulate):
             x, y = (t.to(device, non_blocking=True) for t in next(batches))
             with autocast:
-                logits = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1)) / accumulate
+                loss = loss_of(x, y) / accumulate
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         opt.step()

@@ -22,7 +22,12 @@ PAPER: dict[str, tuple[tuple[str, ...], float]] = {
 
 
 def paper_number(task: str, metric: str) -> float | None:
-    """GPT-1's number for this task and metric (in points), or None when the paper has none."""
+    """GPT-1's number for this task and metric (in points), or None when the paper has none.
+
+    A `test_<metric>` (a labelled test split, e.g. Story Cloze's 2016 test set) gets the same number:
+    the paper's are test-set results.
+    """
+    metric = metric.removeprefix("test_")
     if task == "mnli" and metric in ("accuracy_mm", "accuracy_mismatched"):
         return PAPER["mnli_mm"][1]
     entry = PAPER.get(task)

@@ -282,6 +282,11 @@ def confusion(client: MlflowClient, run: Run, tmp: Path) -> tuple[list[str], lis
     return [str(x) for x in labels], table.values.tolist()
 
 
+def _formatter(metric: str) -> Callable[[float | None], str]:
+    """How a task metric is shown: accuracy-like ones (dev or `test_`) ×100, the others as numbers."""
+    return _pct if metric.removeprefix("test_") in POINTS else _num
+
+
 def _spread_cell(spread: Spread | None, show: Callable[[float | None], str]) -> str:
     """One value as is; several seeds as `mean ± sample std (n=N)`."""
     if spread is None:
@@ -311,7 +316,7 @@ def _seed_table(grouped: dict[str, dict[str | None, dict[str, Spread]]], ablatio
     seeds = sorted({s for *_, spread in rows for s in spread.seeds}, key=lambda s: (s is not None, s or 0))
     cells = []
     for task, metric, arm, spread in rows:
-        show = _pct if metric in POINTS else _num
+        show = _formatter(metric)
         by_seed = dict(zip(spread.seeds, spread.values, strict=True))
         cells.append([task, metric, arm, *(show(by_seed.get(s)) for s in seeds)])
     header = ["task", "metric", "arm", *(f"seed {s}" if s is not None else "run seed" for s in seeds)]
@@ -330,7 +335,7 @@ def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path,
         majority = main.get("majority_rate")
         for metric in _shown(arms, ablations):
             paper = paper_number(task, metric)
-            show = _pct if metric in POINTS else _num
+            show = _formatter(metric)
             rows.append(
                 [
                     task,
@@ -342,10 +347,12 @@ def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path,
                 ]
             )
     seed_blocks = _seed_table(grouped, ablations)
+    tested = any(row[1].startswith("test_") for row in rows)
     blocks: list[Block] = [
         Heading("Tasks (dev split)"),
         Para(
             "Accuracy, F1 and correlations ×100. `this run`: the recipe; the columns after it: its ablations."
+            + (" `test_` rows: the task's labelled test split, never used to pick weights." if tested else "")
             + (" Fine-tuned with several seeds: mean ± sample std (n seeds); each seed below." if seed_blocks else "")
         ),
         Table(header, rows),

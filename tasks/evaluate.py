@@ -1,4 +1,5 @@
-"""`evaluate[<variant>]` stage: the task's metrics on dev (and on test when it is labelled).
+"""`evaluate[<variant>]` stage: the task's metrics on dev (and on test when it is labelled: a custom
+task's `test`, or a built-in task's `builtin_tasks.<task>.test`, e.g. the Story Cloze 2016 test set).
 
 Writes `predictions.csv` (and `predictions_test.csv`), and for classification-style tasks a
 confusion matrix (`confusion.json`: label names + counts [true][predicted]). The summary's dev
@@ -44,9 +45,7 @@ def plan_evaluate(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
         r = recipe(cfg, variant)
         task = task_input(variant.task, cfg, ctx.digests, ("dev", "test"))
         section = EvaluateSection(task, r.max_examples, r.max_len, cfg.seed)
-        out.append(
-            Planned(f"evaluate[{variant.name}]", section, [f"finetune[{variant.name}]", "tokenizer"], variant)
-        )
+        out.append(Planned(f"evaluate[{variant.name}]", section, [f"finetune[{variant.name}]", "tokenizer"], variant))
     return out
 
 
@@ -77,7 +76,7 @@ def compute(section: EvaluateSection, inputs: dict[str, Path], out: Path, env: S
     from gpt.train.finetune import load_task_model, predict
 
     section.task.check_unchanged(env.digest_cache(), env.name)
-    spec = get_task(section.task.name, section.task.custom())
+    spec = get_task(section.task.name, section.task.custom(), section.task.builtin())
     enc = load_tokenizer(inputs["tokenizer"])
     finetuned = next(path for name, path in inputs.items() if name.startswith("finetune["))
     model = load_task_model(finetuned / TASK_MODEL_DIR)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.sources import MIRROR_SCHEME, resolve_mirror
-from gpt.downstream.config import CustomTaskConfig
+from gpt.downstream.config import BuiltinTaskConfig, CustomTaskConfig
 from gpt.model.config import ModelConfig, read_model_config
 from gpt.train.config import FinetuneConfig
 from tasks.content import ContentError, DigestCache, check_unchanged
@@ -41,10 +41,17 @@ class TaskInput:
     name: str
     config: CustomTaskConfig | None = None
     files: dict[str, str] = field(default_factory=dict)  # local train/dev/test file -> sha256
+    # A built-in task's labelled test file (`builtin_tasks.<task>.test`), when the stage reads it; the key
+    # hashes its content in `files` (a location field, so the keys of stages without one are unchanged).
+    builtin_test: str | None = location()
 
     def custom(self) -> dict[str, CustomTaskConfig]:
         """The custom-task table `gpt.downstream.builtin.get_task` takes."""
         return {self.name: self.config} if self.config else {}
+
+    def builtin(self) -> dict[str, BuiltinTaskConfig]:
+        """The built-in task options `gpt.downstream.builtin.get_task` takes: the test file, when read."""
+        return {self.name: BuiltinTaskConfig(test=self.builtin_test)} if self.builtin_test else {}
 
     def check_unchanged(self, digests: DigestCache, what: str) -> None:
         """Raise ContentError if a local file of the task changed since the run was planned."""
@@ -72,10 +79,14 @@ class FinetuneSection:
 
 
 def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache, splits: tuple[str, ...]) -> TaskInput:
-    """The task of a variant, with the content of the custom task's local (or mirror) files of `splits`."""
+    """The task of a variant, with the content of its local (or mirror) files of `splits`: a custom task's,
+    or a built-in task's test file (`builtin_tasks.<task>.test`)."""
     tc = cfg.tasks.get(name)
     if tc is None:
-        return TaskInput(name)
+        test = cfg.builtin_tasks[name].test if name in cfg.builtin_tasks else None
+        if test is None or "test" not in splits:
+            return TaskInput(name)
+        return TaskInput(name, files={test: digests.file(task_file(test))}, builtin_test=test)
     files = {}
     for split in splits:
         source = getattr(tc, split)
@@ -204,7 +215,7 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
 
 DEFINITION = StageDef(
     kind="finetune",
-    version="5",  # 5: the train subset from the experiment seed is in the key (data_seed), precision too
+    version="6",  # 6: fused AdamW; the auxiliary LM loss over the padded width
     doc="the GPT with a task head, trained with λ·LM loss",
     instances=plan_finetune,
     compute=compute,

@@ -8,6 +8,7 @@ multi-process jobs run it through tasks/pretrain_worker.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,14 @@ if TYPE_CHECKING:
 
 def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `pretrain` stage reading the token shards and the tokenizer."""
-    from tasks.placement import device_kind, planned_world_size
+    from tasks.placement import device_kind, planned_model, planned_world_size
 
-    p = cfg.pretrain
+    device = device_kind(cfg.pretrain.accelerator)
+    # `compile: null` resolved here, so the key holds whether the run compiles (fused kernels round differently)
+    p = replace(cfg.pretrain, compile=cfg.pretrain.compiles(planned_model(cfg), gpu=device == "gpu"))
     custom = {n: cfg.tasks[n] for n in p.zeroshot_tasks if n in cfg.tasks}
     global_batch = p.global_batch(cfg.model.block_size, planned_world_size(p))
-    section = PretrainSection(cfg.model, p, cfg.seed, device_kind(p.accelerator), global_batch, custom)
+    section = PretrainSection(cfg.model, p, cfg.seed, device, global_batch, custom)
     return [Planned("pretrain", section, ["encode", "tokenizer"])]
 
 
@@ -68,7 +71,7 @@ def check_windows(encode_dir: Path, block_size: int) -> None:
 
 DEFINITION = StageDef(
     kind="pretrain",
-    version="3",
+    version="4",  # 4: fused AdamW; the LM loss over the padded width (-inf padding logits)
     doc="a GPT trained as a language model by a Lightning Trainer",
     instances=plan_pretrain,
     compute=compute,

@@ -61,11 +61,12 @@ def recipe(cfg: ExperimentConfig, variant: Variant) -> FinetuneConfig:
 
 def check_task_inputs(cfg: ExperimentConfig) -> None:
     """Before compute: every task name known, per-task overrides name a task that runs, `finetune.init`
-    exists, and custom tasks' local files have the configured columns and labels.
+    exists, custom tasks' local files have the configured columns and labels, and a built-in task's
+    test file (`builtin_tasks`) is readable and labelled.
 
     Raises ConfigError naming the key, or TaskDataError naming the file and column.
     """
-    from gpt.downstream.builtin import get_task
+    from gpt.downstream.builtin import check_test_file, get_task
     from gpt.downstream.custom import check_custom_task
 
     for i, name in enumerate(cfg.finetune.tasks):
@@ -75,6 +76,8 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"config key 'finetune.tasks[{i}]': {e.args[0]}") from None
         if name in cfg.tasks:
             check_custom_task(name, cfg.tasks[name])
+        elif name in cfg.builtin_tasks:
+            check_test_file(name, cfg.builtin_tasks[name])
     for i, name in enumerate(cfg.pretrain.zeroshot_tasks):
         try:
             spec = get_task(name, cfg.tasks)

@@ -25,12 +25,11 @@ POPULATED = [
     "finetune.tasks=[sst2, reviews]",
     "finetune.per_task={sst2: {lr: 0.001, select_best: true}}",
     "tasks={reviews: {type: classification, train: a.csv, dev: b.csv, columns: {text: t}, labels: [neg, pos]}}",
+    "builtin_tasks={story_cloze: {test: cloze_test.csv}}",
     "corpus.sources=[{source: tinyshakespeare, weight: 2}, {source: gutenberg}]",
     "ablations=[no_aux_lm]",
     "sweep.params={finetune.lr: [0.001, 0.002]}",
 ]
-
-
 
 
 def leaves(value: object, prefix: str) -> dict[str, object]:
@@ -100,6 +99,8 @@ def test_rows_carry_type_default_requirement_and_role():
     assert rows["model.norm"].requirement == "post | pre"  # a Literal's choices
     assert rows["finetune.per_task.<task>.lr"].type == "float | null"
     assert rows["tasks.<name>.type"].default == "(required)"
+    assert rows["tasks.<name>.columns.context"].type == "str | list[str] | null"
+    assert rows["builtin_tasks.<name>.test"].type == "str | null"
     assert rows["corpus.sources[].weight"].default == "1.0"
     assert rows["finetune.tasks"].default == "[sst2, story_cloze]"
 

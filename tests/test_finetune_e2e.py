@@ -107,3 +107,18 @@ def test_finetune_is_a_function_of_its_inputs_and_seed_not_the_global_rng(tmp_pa
         weights.append(load_file(tmp_path / str(global_seed) / "ft" / finetune.TASK_MODEL_DIR / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_story_cloze_test_file_is_scored_as_test_accuracy(tmp_path, upstream):
+    """GPT-1's Table 3 number: accuracy on the labelled 2016 test set, besides dev on the held-out val stories."""
+    header = "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+    header += "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding\n"
+    rows = "".join(f"id{i},A{i}.,B{i}.,C{i}.,D{i}.,Good {i}.,Bad {i}.,{1 + i % 2}\n" for i in range(6))
+    (tmp_path / "cloze_test.csv").write_text(header + rows)
+    test = f"builtin_tasks={{story_cloze: {{test: {tmp_path / 'cloze_test.csv'}}}}}"
+    cfg = load_config(None, [*TINY, *QUICK, "finetune.tasks=[story_cloze]", test])
+    ev, out = run_variant(tmp_path, upstream, cfg, "story_cloze")
+    assert ev.summary["test_examples"] == 6 and 0.0 <= ev.summary["test_accuracy"] <= 1.0
+    assert 0.0 <= ev.summary["accuracy"] <= 1.0 and ev.summary["examples"] == 24  # dev: the val stories
+    with open(out / "predictions_test.csv", newline="") as f:
+        assert sorted(row["label"] for row in csv.DictReader(f)) == ["0", "0", "0", "1", "1", "1"]  # shuffled

@@ -108,3 +108,29 @@ def test_presets_load_and_have_the_published_size(preset, vocab, millions):
         model = GPT(gcfg)
     n = model.num_params(non_embedding=False) - (gcfg.padded_vocab_size - vocab) * gcfg.n_embd
     assert n / 1e6 == pytest.approx(millions, rel=0.005)
+
+
+def test_the_training_loss_over_the_padded_width_is_the_loss_over_the_real_vocabulary():
+    """lm_loss keeps the padded logits (-inf on padding) instead of slicing them: same value, same gradients."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dropout=0.0, pad_vocab_to=64).with_vocab(70))
+    assert model.config.padded_vocab_size == 128
+    idx, targets = torch.randint(0, 70, (3, 16)), torch.randint(0, 70, (3, 16))
+    targets[0, :5] = -100  # ignored positions (fine-tuning's padding)
+    fast = model.next_token_loss(idx, targets)
+    fast.backward()
+    fast_grad = model.wte.weight.grad.clone()
+    model.zero_grad()
+    sliced = torch.nn.functional.cross_entropy(model(idx).reshape(-1, 70), targets.reshape(-1), ignore_index=-100)
+    sliced.backward()
+    assert torch.allclose(fast, sliced, atol=1e-6)
+    assert torch.allclose(fast_grad, model.wte.weight.grad, atol=1e-7)
+    assert fast_grad[70:].abs().max() == 0  # padding rows learn nothing
+    assert "padding_logit_bias" not in model.state_dict()  # derived from the config, never saved
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_the_config_counts_the_parameters_the_module_has(norm):
+    cfg = ModelConfig(n_layer=3, n_head=2, n_embd=48, block_size=32, norm=norm, pad_vocab_to=64).with_vocab(100)
+    model = GPT(cfg)
+    assert cfg.num_params() == model.num_params() and cfg.num_params(False) == model.num_params(non_embedding=False)

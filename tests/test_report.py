@@ -163,3 +163,18 @@ def test_report_survives_a_stage_produced_by_a_run_missing_from_this_store(recor
     run = client.create_run(client.get_run(run_id).info.experiment_id, tags={"produced_by": "0" * 32})
     client.log_metric(run.info.run_id, "val_loss", 5.0)
     assert metric_keys(client, client.get_run(run.info.run_id)) == ["val_loss"]
+
+
+def test_test_split_rows_are_points_beside_the_papers_test_number(tmp_path):
+    """Story Cloze's `test_accuracy` (its 2016 test set) is shown ×100 next to GPT-1's Table 3 number."""
+    from types import SimpleNamespace
+
+    from reports.document import to_markdown
+    from reports.run_report import _tasks
+
+    metrics = {"story_cloze.accuracy": 0.7, "story_cloze.test_accuracy": 0.6125, "story_cloze.test_examples": 1871.0}
+    parent = SimpleNamespace(data=SimpleNamespace(metrics=metrics))
+    md = to_markdown(_tasks(None, parent, {}, tmp_path, tmp_path))  # type: ignore[arg-type]
+    assert "| story_cloze | accuracy | 70.0 |  | 86.5 |" in md
+    assert "| story_cloze | test_accuracy | 61.3 |  | 86.5 |" in md
+    assert "test_examples" not in md and "`test_` rows: the task's labelled test split" in md

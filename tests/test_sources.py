@@ -76,6 +76,15 @@ def test_cleaning_options(tmp_path):
     assert plain == [raw]  # all off by default except Gutenberg stripping and dedup
 
 
+def test_unwrap_lines_joins_hard_wrapped_paragraphs(tmp_path):
+    raw = "It was a dark and\nstormy night;  \n  the rain fell.\n\nChapter II\n\nShe left.\n"
+    (tmp_path / "a.txt").write_text(raw)
+    stats, docs = corpus(tmp_path, str(tmp_path / "a.txt"), cleaning=CorpusConfig(unwrap_lines=True))
+    assert docs == ["It was a dark and stormy night; the rain fell.\n\nChapter II\n\nShe left.\n"]
+    assert stats.lines_unwrapped == 2
+    assert load_config(None, ["corpus.unwrap_lines=true"]).corpus.unwrap_lines
+
+
 def test_normalise_whitespace():
     assert normalise_whitespace("\n a\u3000b \t\n\n\n\nc  \n") == "a b\n\nc"
 

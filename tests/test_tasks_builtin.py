@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from gpt.config.fields import ConfigError
 from gpt.config.loader import load_config
 from gpt.downstream.builtin import get_task
+from gpt.downstream.spec import TaskDataError
 from tasks.plan import build_plan
-from tasks.variants import recipe, variants
+from tasks.variants import check_task_inputs, recipe, variants
 
 FIXTURE_MIRROR = Path(__file__).parent / "fixtures" / "mirror"
 
@@ -104,3 +106,88 @@ def test_ablation_and_seed_variants_in_the_plan(tmp_path):
     plan = {s.name: s for s in build_plan(seeded, tmp_path)}
     assert plan["finetune[sst2-seed2]"].section.seed == 2 and plan["finetune[sst2-seed2]"].section.data_seed == 1234
     assert recipe(seeded, variants(seeded)[0]).tasks == ["sst2"]
+
+
+STORY_CLOZE_HEADER = (
+    "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+    "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding\n"
+)
+
+
+def story_cloze_test_file(path: Path, rows: int = 4, header: str = STORY_CLOZE_HEADER, answer: str = "") -> Path:
+    """A small Story Cloze 2016 test CSV (the val file's columns); `answer` overrides the last row's label."""
+    lines = [
+        f'id{i},S{i} one.,"S{i}, two.",S{i} three.,S{i} four.,End {i}a.,End {i}b.,{1 + i % 2}\n' for i in range(rows)
+    ]
+    if answer:
+        lines[-1] = lines[-1].rsplit(",", 1)[0] + f",{answer}\n"
+    path.write_text(header + "".join(lines), encoding="utf-8")
+    return path
+
+
+def test_story_cloze_takes_a_labelled_test_file(tmp_path):
+    from gpt.downstream.builtin import TEST_FILE_READERS
+    from gpt.downstream.config import TEST_FILE_TASKS
+
+    test = story_cloze_test_file(tmp_path / "test.csv")
+    cfg = load_config(None, ["finetune.tasks=[story_cloze]", f"builtin_tasks={{story_cloze: {{test: {test}}}}}"])
+    check_task_inputs(cfg)
+    plain, tested = get_task("story_cloze"), get_task("story_cloze", cfg.tasks, cfg.builtin_tasks)
+    assert plain.splits == ("train", "dev") and tested.splits == ("train", "dev", "test")
+    examples = tested.load("test", tmp_path)
+    assert [(e.fields, e.label) for e in examples[:2]] == [
+        (("S0 one. S0, two. S0 three. S0 four.", "End 0a.", "End 0b."), 0),
+        (("S1 one. S1, two. S1 three. S1 four.", "End 1a.", "End 1b."), 1),
+    ]
+    assert tested.load("dev", tmp_path) == plain.load("dev", tmp_path)  # the 374 held-out val stories stay dev
+    assert set(TEST_FILE_READERS) == set(TEST_FILE_TASKS)
+
+
+@pytest.mark.parametrize(
+    ("header", "answer", "message"),
+    [
+        (
+            STORY_CLOZE_HEADER.replace("AnswerRightEnding", "Answer"),
+            "",
+            r"no column 'AnswerRightEnding' \(builtin_tasks\.story_cloze\.test",
+        ),
+        (
+            STORY_CLOZE_HEADER,
+            "3",
+            r"test\.csv:5: column 'AnswerRightEnding' has label '3', not in the label set \['1', '2'\]",
+        ),
+        (STORY_CLOZE_HEADER.replace("InputStoryid,", ""), "", r"test\.csv:2: 8 fields, the header has 7"),
+    ],
+)
+def test_a_bad_story_cloze_test_file_fails_before_compute(tmp_path, header, answer, message):
+    test = story_cloze_test_file(tmp_path / "test.csv", header=header, answer=answer)
+    cfg = load_config(None, ["finetune.tasks=[story_cloze]", f"builtin_tasks={{story_cloze: {{test: {test}}}}}"])
+    with pytest.raises(TaskDataError, match=message):
+        check_task_inputs(cfg)
+    test.unlink()
+    with pytest.raises(TaskDataError, match=r"test\.csv: task file not found"):
+        check_task_inputs(cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["builtin_tasks={sst2: {test: t.tsv}}"], r"'builtin_tasks\.sst2': only story_cloze takes a test file"),
+        (
+            [
+                "builtin_tasks={story_cloze: {test: t.csv}}",
+                "tasks={story_cloze: {type: multiple_choice, train: a.csv, "
+                "dev: b.csv, columns: {context: c, answers: [x, y]}}}",
+            ],
+            r"'builtin_tasks\.story_cloze': tasks\.story_cloze is a custom task of that name",
+        ),
+        (
+            ["builtin_tasks={story_cloze: {test: 'https://e.org/t.csv'}}"],
+            r"'builtin_tasks\.story_cloze\.test' must be a local path",
+        ),
+        (["builtin_tasks={story_cloze: {dev: t.csv}}"], r"unknown config key 'builtin_tasks\.story_cloze\.dev'"),
+    ],
+)
+def test_builtin_task_options_are_checked_when_the_config_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

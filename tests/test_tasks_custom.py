@@ -209,3 +209,76 @@ def test_url_splits_are_downloaded_with_their_checksum(tmp_path, monkeypatch):
             tmp_path,
             "type: classification\ntrain: a.csv\ndev: https://e.org/dev.csv\ncolumns: {text: t}\nlabels: [a, b]\n",
         )
+
+
+STORY_HEADER = (
+    "InputStoryid,InputSentence1,InputSentence2,InputSentence3,InputSentence4,"
+    "RandomFifthSentenceQuiz1,RandomFifthSentenceQuiz2,AnswerRightEnding\n"
+)
+STORY_COLUMNS = """
+    columns:
+      context: [InputSentence1, InputSentence2, InputSentence3, InputSentence4]
+      answers: [RandomFifthSentenceQuiz1, RandomFifthSentenceQuiz2]
+    label: AnswerRightEnding
+    labels: ["1", "2"]
+"""
+
+
+def _story_task(tmp_path, header=STORY_HEADER, columns=STORY_COLUMNS):
+    """A custom multiple-choice task on a file with the official Story Cloze columns, unprocessed."""
+    write(
+        tmp_path / "stories.csv", header + 'id1,Tom woke up.,"He was late, again.",He ran.,He made it. ,Yay.,Boo.,1\n'
+    )
+    files = f"type: multiple_choice\ntrain: {tmp_path}/stories.csv\ndev: {tmp_path}/stories.csv\n"
+    return config(tmp_path, files + textwrap.dedent(columns).lstrip("\n"))
+
+
+def test_multiple_choice_context_joins_listed_columns_in_order(tmp_path):
+    cfg = _story_task(tmp_path)
+    assert cfg.tasks["mine"].columns.context == ["InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4"]
+    check_task_inputs(cfg)
+    (story,) = get_task("mine", cfg.tasks).load("dev", tmp_path)
+    assert story.fields == ("Tom woke up. He was late, again. He ran. He made it.", "Yay.", "Boo.")
+    assert story.label == 0
+
+
+def test_story_cloze_val_file_loads_as_a_custom_task_like_the_builtin(tmp_path):
+    """The official val CSV from the mirror, no preprocessing: the built-in's stories, context joined the same way."""
+    source = "mirror://story_cloze/cloze_test_val__spring2016.csv"
+    cfg = config(
+        tmp_path,
+        f"type: multiple_choice\ntrain: {source}\ndev: {source}\n" + textwrap.dedent(STORY_COLUMNS).lstrip("\n"),
+    )
+    custom = get_task("mine", cfg.tasks).load("dev", tmp_path)
+    builtin = get_task("story_cloze")
+    assert len(custom) == 1871
+    assert set(custom) == {*builtin.load("train", tmp_path), *builtin.load("dev", tmp_path)}
+
+
+def test_a_missing_listed_context_column_names_file_and_index(tmp_path):
+    cfg = _story_task(tmp_path, header=STORY_HEADER.replace("InputSentence3", "Sentence3"))
+    with pytest.raises(TaskDataError) as caught:
+        check_task_inputs(cfg)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}/stories.csv: no column 'InputSentence3' (tasks.mine.columns.context[2])")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ("[]", r"'tasks\.mine\.columns\.context' must name a column or list at least 1"),
+        ("{a: b}", r"'tasks\.mine\.columns\.context' must be a string"),
+        ("[s1, [s2]]", r"'tasks\.mine\.columns\.context\[1\]' must be a string"),
+    ],
+)
+def test_bad_context_lists_name_the_key(tmp_path, context, message):
+    task = f"type: multiple_choice\ntrain: a.csv\ndev: b.csv\ncolumns: {{context: {context}, answers: [x, y]}}\n"
+    with pytest.raises(ConfigError, match=message):
+        config(tmp_path, task)
+
+
+def test_a_context_list_is_refused_for_other_task_types(tmp_path):
+    task = "type: classification\ntrain: a.csv\ndev: b.csv\ncolumns: {text: t, context: [a, b]}\nlabels: [x, y]\n"
+    with pytest.raises(ConfigError, match=r"'tasks\.mine\.columns\.context' is not used by a classification task"):
+        config(tmp_path, task)

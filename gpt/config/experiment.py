@@ -19,7 +19,7 @@ from gpt.config.notify import NotifyConfig
 from gpt.config.secrets import public_config, redacted_config
 from gpt.config.sweep import SweepConfig
 from gpt.data.config import CorpusConfig, EncodeConfig, TokenizerConfig
-from gpt.downstream.config import NAME_PATTERN, CustomTaskConfig
+from gpt.downstream.config import NAME_PATTERN, TEST_FILE_TASKS, BuiltinTaskConfig, CustomTaskConfig
 from gpt.model.config import ModelConfig
 from gpt.train.config import FinetuneConfig, PretrainConfig
 
@@ -67,6 +67,9 @@ class ExperimentConfig(Section):
     pretrain: PretrainConfig = knob(doc="language-model pretraining", factory=PretrainConfig)
     finetune: FinetuneConfig = knob(doc="per-task fine-tuning (GPT-1's recipe)", factory=FinetuneConfig)
     tasks: dict[str, CustomTaskConfig] = knob(doc="custom tasks by name", factory=dict)
+    builtin_tasks: dict[str, BuiltinTaskConfig] = knob(
+        doc=f"options of built-in tasks by name ({', '.join(TEST_FILE_TASKS)}): a labelled test file", factory=dict
+    )
     ablations: list[Literal["no_pretraining", "no_aux_lm"]] = knob(
         doc="GPT-1's ablations, each run beside the full recipe", factory=list
     )
@@ -92,12 +95,23 @@ class ExperimentConfig(Section):
                 raise FieldError(f"tasks.{name}", "is not a valid task name: use only a-z, 0-9 and _")
             if name in REGISTRY_SUFFIXES:
                 raise FieldError(f"tasks.{name}", f"is reserved: the model registry names '<experiment>-{name}'")
+        self._check_builtin_tasks()
         for i, claim in enumerate(self.parsed_claims()):
             if claim.task not in self.finetune.tasks:
                 raise FieldError(
                     f"claims[{i}]",
                     f"names task {claim.task!r}, which finetune.tasks does not run ({self.finetune.tasks})",
                 )
+
+    def _check_builtin_tasks(self) -> None:
+        """`builtin_tasks` names built-in tasks that take options, not custom tasks (their options are in `tasks`)."""
+        for name in self.builtin_tasks:
+            if name in self.tasks:
+                raise FieldError(
+                    f"builtin_tasks.{name}", f": tasks.{name} is a custom task of that name; give its test file there"
+                )
+            if name not in TEST_FILE_TASKS:
+                raise FieldError(f"builtin_tasks.{name}", f": only {', '.join(TEST_FILE_TASKS)} takes a test file here")
 
     def parsed_claims(self) -> list[Claim]:
         """`claims` as Claim objects (checked: arms this run has)."""

@@ -106,6 +106,15 @@ def from_dict(cls: type[T], data: Any, where: str = "config", prefix: str = "") 
         raise ConfigError(f"{where}: {e.message(prefix + e.key)}") from None
 
 
+def _union_member(args: tuple[Any, ...], value: Any) -> Any:
+    """The member of a union type a (non-null) value is read as: a list alternative for a YAML list
+    (`columns.context: [s1, s2]` of `str | list[str] | None`), else the first non-null member."""
+    inner = [a for a in args if a is not type(None)]
+    if isinstance(value, list):
+        return next((a for a in inner if typing.get_origin(a) is list), inner[0])
+    return inner[0]
+
+
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     if tp is Any:  # a free-form value its section checks itself (sweep.params)
         return value
@@ -116,8 +125,7 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where, key)
+        return _coerce(_union_member(args, value), value, where, key)
     if origin is Literal:
         if value not in args:
             choices = " | ".join(map(str, args))

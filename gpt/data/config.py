@@ -31,6 +31,9 @@ class CorpusConfig(Section):
     strip_gutenberg: bool = knob(True, "keep the text between Project Gutenberg's START/END lines")
     fix_unicode: bool = knob(False, "ftfy.fix_text (mojibake, entities, NFC), as GPT-1 did")
     normalize_whitespace: bool = knob(False, "unicode spaces to ' ', no trailing spaces, at most one blank line")
+    unwrap_lines: bool = knob(
+        False, "join hard-wrapped lines inside each paragraph with a space (blank lines keep paragraphs)"
+    )
     lowercase: bool = knob(False, "lower-case every document")
     dedup: bool = knob(True, "drop exact duplicate documents (after cleaning)")
     max_bytes: int | None = knob(None, "keep only the first N bytes of text (quick runs)", check=at_least(1))

@@ -2,22 +2,35 @@
 
 A task name is a custom task from the config's `tasks:` mapping, a built-in mirror task (SST-2,
 RTE, MRPC, STS-B, Story Cloze) or a Hugging Face hub task (CoLA, MNLI, QNLI, QQP, SNLI, SciTail, RACE).
+A built-in task in `TEST_FILE_READERS` also takes a labelled test file (`builtin_tasks.<task>.test`).
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from gpt.data.sources import CATALOG, fetch
-from gpt.downstream.config import CustomTaskConfig
+from gpt.downstream.config import BuiltinTaskConfig, CustomTaskConfig
+from gpt.downstream.custom import custom_task_spec, resolve_task_file
 from gpt.downstream.hub import HUB_TASKS
 from gpt.downstream.spec import Example, TaskDataError, TaskSpec, TaskType, cap_examples, label_index, read_table
 
-__all__ = ["BUILTIN_TASKS", "Example", "TaskSpec", "TaskType", "cap_examples", "get_task", "known_tasks"]
+__all__ = [
+    "BUILTIN_TASKS",
+    "TEST_FILE_READERS",
+    "Example",
+    "TaskSpec",
+    "TaskType",
+    "cap_examples",
+    "check_test_file",
+    "get_task",
+    "known_tasks",
+]
 
 
 def _glue_loader(
@@ -30,8 +43,7 @@ def _glue_loader(
         path = fetch(remote, cache_dir)
         _, rows = read_table(path, "tsv", quoting="none")
         return [
-            Example(tuple(row[c].strip() for c in columns), to_label(path, lineno, row[label]))
-            for lineno, row in rows
+            Example(tuple(row[c].strip() for c in columns), to_label(path, lineno, row[label])) for lineno, row in rows
         ]
 
     return load
@@ -58,6 +70,14 @@ def _score(low: float, high: float, column: str) -> Callable[[Path, int, str], f
 # sklearn's train_test_split(test_size=374, random_state=3535999445); this is that split.
 STORY_CLOZE_SEED = 3535999445
 STORY_CLOZE_DEV = 374
+# The columns of the Story Cloze 2016 val and test CSVs that make an example.
+STORY_CLOZE_COLUMNS = (
+    *(f"InputSentence{k}" for k in range(1, 5)),
+    "RandomFifthSentenceQuiz1",
+    "RandomFifthSentenceQuiz2",
+    "AnswerRightEnding",
+)
+STORY_CLOZE_ENDINGS = ("1", "2")  # AnswerRightEnding's values, in answer order
 
 
 def _load_story_cloze(split: str, cache_dir: Path) -> list[Example]:
@@ -67,13 +87,35 @@ def _load_story_cloze(split: str, cache_dir: Path) -> list[Example]:
         rows = list(csv.DictReader(f))
     perm = np.random.RandomState(STORY_CLOZE_SEED).permutation(len(rows))
     chosen = perm[:STORY_CLOZE_DEV] if split == "dev" else perm[STORY_CLOZE_DEV:]
-    out = []
-    for i in chosen:
-        row = rows[i]
-        context = " ".join(row[f"InputSentence{k}"].strip() for k in range(1, 5))
-        endings = (row["RandomFifthSentenceQuiz1"].strip(), row["RandomFifthSentenceQuiz2"].strip())
-        out.append(Example((context, *endings), int(row["AnswerRightEnding"]) - 1))
-    return out
+    return [_story_cloze_example(rows[i], int(rows[i]["AnswerRightEnding"]) - 1) for i in chosen]
+
+
+def _story_cloze_example(row: dict[str, str], label: int) -> Example:
+    """A story as GPT-1 feeds it: the four sentences joined with spaces, then the two candidate endings."""
+    context = " ".join(row[f"InputSentence{k}"].strip() for k in range(1, 5))
+    endings = (row["RandomFifthSentenceQuiz1"].strip(), row["RandomFifthSentenceQuiz2"].strip())
+    return Example((context, *endings), label)
+
+
+def read_story_cloze_test(source: str, key: str) -> list[Example]:
+    """The labelled stories of a Story Cloze test CSV (a local path or mirror://path; the val file's columns).
+
+    TaskDataError names the file and the line and column at fault, or the config key `key` for a missing column.
+    """
+    path = resolve_task_file(source, None)
+    header, rows = read_table(path, "csv", quoting="minimal")
+    missing = next((column for column in STORY_CLOZE_COLUMNS if column not in header), None)
+    if missing:
+        raise TaskDataError(
+            f"{path}: no column {missing!r} ({key}: a Story Cloze test CSV has the val file's columns); "
+            f"the file has columns {header}"
+        )
+    return [
+        _story_cloze_example(
+            row, label_index(path, lineno, "AnswerRightEnding", row["AnswerRightEnding"], STORY_CLOZE_ENDINGS)
+        )
+        for lineno, row in rows
+    ]
 
 
 BUILTIN_TASKS: dict[str, TaskSpec] = {
@@ -91,9 +133,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         "entailment",
         2,
         ("accuracy",),
-        _glue_loader(
-            "rte", ("sentence1", "sentence2"), "label", _classes(("entailment", "not_entailment"), "label")
-        ),
+        _glue_loader("rte", ("sentence1", "sentence2"), "label", _classes(("entailment", "not_entailment"), "label")),
         files=("rte/train", "rte/dev"),
         label_names=("entailment", "not_entailment"),
     ),
@@ -127,21 +167,49 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
 }
 
 
+# Built-in task -> the reader of its labelled test file: (source, config key for messages) -> examples.
+TEST_FILE_READERS: dict[str, Callable[[str, str], list[Example]]] = {"story_cloze": read_story_cloze_test}
+
+
+def with_test_file(spec: TaskSpec, source: str) -> TaskSpec:
+    """A built-in task that also has a labelled `test` split, read from `source` (evaluate scores it as
+    test_<metric>; fine-tuning and model selection never read it)."""
+    read_test = TEST_FILE_READERS[spec.name]
+    key = f"builtin_tasks.{spec.name}.test"
+
+    def load(split: str, cache_dir: Path) -> list[Example]:
+        return read_test(source, key) if split == "test" else spec.load(split, cache_dir)
+
+    return replace(spec, load=load, splits=(*spec.splits, "test"))
+
+
+def check_test_file(name: str, options: BuiltinTaskConfig) -> None:
+    """Read a built-in task's configured test file once, before any compute; TaskDataError names the file."""
+    if options.test is not None:
+        TEST_FILE_READERS[name](options.test, f"builtin_tasks.{name}.test")
+
+
 def known_tasks(custom: dict[str, CustomTaskConfig] | None = None) -> list[str]:
     """Every task name `get_task` accepts."""
     return sorted({*BUILTIN_TASKS, *HUB_TASKS, *(custom or {})})
 
 
-def get_task(name: str, custom: dict[str, CustomTaskConfig] | None = None) -> TaskSpec:
+def get_task(
+    name: str,
+    custom: dict[str, CustomTaskConfig] | None = None,
+    builtin: dict[str, BuiltinTaskConfig] | None = None,
+) -> TaskSpec:
     """The task called `name`: a custom task from the config first, then built-in and hub tasks.
 
+    `builtin`: options of built-in tasks (`builtin_tasks`); a test file adds a labelled `test` split.
     Raises KeyError listing the known names.
     """
     if custom and name in custom:
-        from gpt.downstream.custom import custom_task_spec
-
         return custom_task_spec(name, custom[name])
     if name in BUILTIN_TASKS:
+        options = (builtin or {}).get(name)
+        if options is not None and options.test is not None:
+            return with_test_file(BUILTIN_TASKS[name], options.test)
         return BUILTIN_TASKS[name]
     if name in HUB_TASKS:
         return HUB_TASKS[name]

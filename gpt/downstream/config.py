@@ -1,4 +1,5 @@
-"""The `tasks` section: downstream tasks defined by configuration alone (see README, "Custom tasks").
+"""The `tasks` section: downstream tasks defined by configuration alone (see README, "Custom tasks"),
+and `builtin_tasks`: options of the built-in tasks (a labelled test file).
 
 A task definition is checked when it is built (column roles per task type, label set or score
 range, metric names, encoding, how each split is read); its files are checked before any compute
@@ -37,8 +38,18 @@ class TaskColumnsConfig(Section):
     hypothesis: str | None = knob(None, "entailment: the hypothesis")
     a: str | None = knob(None, "similarity: the first text (both orders are fed)")
     b: str | None = knob(None, "similarity: the second text")
-    context: str | None = knob(None, "multiple choice: the context")
+    context: str | list[str] | None = knob(
+        None,
+        "multiple choice: the context column, or a list of columns joined with one space in order "
+        "(Story Cloze's [InputSentence1, InputSentence2, InputSentence3, InputSentence4])",
+    )
     answers: list[str] | None = knob(None, "multiple choice: one column per answer")
+
+    def context_columns(self) -> list[str]:
+        """The context's columns in joining order: one column, or the listed ones (none when unset)."""
+        if self.context is None:
+            return []
+        return [self.context] if isinstance(self.context, str) else list(self.context)
 
 
 @dataclass
@@ -112,6 +123,8 @@ class CustomTaskConfig(Section):
                 raise FieldError(f"columns.{role}", f"is not used by a {self.type} task (it reads {', '.join(roles)})")
         if self.type == "multiple_choice" and len(self.columns.answers or []) < 2:
             raise FieldError("columns.answers", "must list at least 2 answer columns")
+        if isinstance(self.columns.context, list) and not self.columns.context:
+            raise FieldError("columns.context", "must name a column or list at least 1")
 
     def _check_labels(self) -> None:
         if self.score_range is not None:
@@ -131,3 +144,24 @@ class CustomTaskConfig(Section):
             raise FieldError("labels", "must name each of the answer columns, in order")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise FieldError("labels", "has duplicates")
+
+
+# Built-in tasks that may be given a labelled test file (`builtin_tasks.<task>.test`): Story Cloze's 2016
+# test set (1,871 stories, the val file's columns) is what GPT-1's Table 3 reports, and it is not in the
+# mirror (it is distributed on request). GLUE's test sets have no labels, so their tasks take none.
+TEST_FILE_TASKS = ("story_cloze",)
+
+
+@dataclass
+class BuiltinTaskConfig(Section):
+    """Options of a built-in task (`builtin_tasks.<task>`): the labelled test file it is also scored on."""
+
+    test: str | None = knob(
+        None,
+        "a labelled test file in the task's own format (story_cloze: the 2016 test CSV, the val file's columns), "
+        "a local path or mirror://path; evaluate logs test_<metric> on it, never used to pick weights",
+    )
+
+    def check(self) -> None:
+        if self.test is not None and "://" in self.test and not self.test.startswith("mirror://"):
+            raise FieldError("test", f"must be a local path or mirror://path, got {self.test!r}")

@@ -16,7 +16,7 @@ from gpt.downstream.config import ROLES, CustomTaskConfig
 from gpt.downstream.spec import Example, TaskDataError, TaskSpec, label_index, read_table
 
 
-def _resolve(source: str, cache_dir: Path | None) -> Path:
+def resolve_task_file(source: str, cache_dir: Path | None) -> Path:
     """A local path for a split's source: a local file, `mirror://path`, or `https://...#sha256=<hex>`."""
     if source.startswith("https://") and cache_dir is not None:
         url, _, digest = source.partition("#sha256=")
@@ -29,14 +29,27 @@ def _resolve(source: str, cache_dir: Path | None) -> Path:
     return path
 
 
-def _columns(tc: CustomTaskConfig) -> list[tuple[str, str]]:
-    """(column, role) in the order of the task type's input transformation."""
+# One text field of the input transformation: the (column, key under `columns`) pairs it joins with a space.
+FieldColumns = list[tuple[str, str]]
+
+
+def _field_columns(tc: CustomTaskConfig) -> list[FieldColumns]:
+    """Each text field's columns, in the order of the task type's input transformation.
+
+    A field is one column, except a multiple-choice context listing several (joined, in order).
+    """
     c = tc.columns
     if tc.type == "multiple_choice":
         if c.context is None:  # CustomTaskConfig's checks require it; guards a config built without them
             raise TaskDataError("columns.context is required for a multiple_choice task")
-        return [(c.context, "context"), *((col, f"answers[{i}]") for i, col in enumerate(c.answers or []))]
-    return [(getattr(c, role), role) for role in ROLES[tc.type]]
+        context = [(c.context, "context")] if isinstance(c.context, str) else _indexed("context", c.context)
+        return [context, *([pair] for pair in _indexed("answers", c.answers or []))]
+    return [[(getattr(c, role), role)] for role in ROLES[tc.type]]
+
+
+def _indexed(role: str, columns: list[str]) -> FieldColumns:
+    """A listed role's columns with their config keys: `role[0]`, `role[1]`, ..."""
+    return [(col, f"{role}[{i}]") for i, col in enumerate(columns)]
 
 
 def _label(tc: CustomTaskConfig, path: Path, lineno: int, value: Any) -> int | float:
@@ -58,25 +71,33 @@ def _label(tc: CustomTaskConfig, path: Path, lineno: int, value: Any) -> int | f
 def load_custom_split(name: str, tc: CustomTaskConfig, split: str, cache_dir: Path | None) -> list[Example]:
     """The examples of one split; TaskDataError names the file and the column or line at fault."""
     source = tc.splits()[split]
-    path = _resolve(source, cache_dir)
+    path = resolve_task_file(source, cache_dir)
     fmt = tc.file_format(source) or "csv"
     header, rows = read_table(path, fmt, tc.delimiter, tc.quoting, tc.encoding)
-    columns = _columns(tc)
-    needed = {col: f"tasks.{name}.columns.{role}" for col, role in columns}
-    needed[tc.label] = f"tasks.{name}.label"
-    missing = [col for col in needed if col not in header]
+    fields = _field_columns(tc)
+    needed = [(col, f"tasks.{name}.columns.{key}") for field in fields for col, key in field]
+    needed.append((tc.label, f"tasks.{name}.label"))
+    missing = next(((col, key) for col, key in needed if col not in header), None)
     if missing:
-        raise TaskDataError(f"{path}: no column {missing[0]!r} ({needed[missing[0]]}); the file has columns {header}")
-    out = []
-    for lineno, row in rows:
-        fields = []
-        for col, _ in columns:
-            value = row.get(col)
-            if value is None:
-                raise TaskDataError(f"{path}:{lineno}: column {col!r} is missing or null")
-            fields.append(str(value).strip())
-        out.append(Example(tuple(fields), _label(tc, path, lineno, row.get(tc.label))))
-    return out
+        raise TaskDataError(f"{path}: no column {missing[0]!r} ({missing[1]}); the file has columns {header}")
+    return [
+        Example(
+            tuple(_field_text(path, lineno, row, field) for field in fields),
+            _label(tc, path, lineno, row.get(tc.label)),
+        )
+        for lineno, row in rows
+    ]
+
+
+def _field_text(path: Path, lineno: int, row: dict[str, Any], field: FieldColumns) -> str:
+    """One text field of a row: its columns' values, stripped and joined with one space."""
+    parts = []
+    for col, _ in field:
+        value = row.get(col)
+        if value is None:
+            raise TaskDataError(f"{path}:{lineno}: column {col!r} is missing or null")
+        parts.append(str(value).strip())
+    return " ".join(parts)
 
 
 def custom_task_spec(name: str, tc: CustomTaskConfig) -> TaskSpec:

@@ -43,6 +43,21 @@ class ModelConfig(Section):
         """This architecture over a vocabulary of `vocab_size` tokens: what a GPT module is built from."""
         return replace(self, vocab_size=vocab_size)
 
+    def num_params(self, non_embedding: bool = True) -> int:
+        """The GPT's parameter count from the architecture alone (no torch); without the position table
+        by default (the 6N FLOPs convention). Equals `GPT.num_params` (tested)."""
+        C = self.n_embd
+        attention = 3 * C * C + 3 * C + C * C + C
+        mlp = 4 * C * C + 4 * C + 4 * C * C + C
+        layer = attention + mlp + 2 * 2 * C  # two LayerNorms
+        final_norm = 2 * C if self.norm == "pre" else 0
+        n = self.padded_vocab_size * C + self.n_layer * layer + final_norm
+        return n if non_embedding else n + self.block_size * C
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6N for the weights plus 6·L·T·C for attention scores."""
+        return 6 * self.num_params() + 6 * self.n_layer * self.block_size * self.n_embd
+
     @property
     def padded_vocab_size(self) -> int:
         """Rows of the token embedding; logits beyond `vocab_size` are never returned."""

@@ -102,6 +102,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only Transformer with learned positions and input/output embeddings tied."""
 
+    padding_logit_bias: torch.Tensor  # [padded vocab]: 0 for real tokens, -inf for the padding rows
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.norm not in ("post", "pre") or cfg.activation not in ("gelu", "gelu_new"):
@@ -114,6 +116,11 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd) if cfg.norm == "pre" else nn.Identity()
+        # -inf on the padding rows' logits: the loss runs over the padded (GEMM-friendly) width, with no
+        # copy of the logits to cut the padding off, and is exactly the loss over the real vocabulary.
+        padding_logit_bias = torch.zeros(cfg.padded_vocab_size)
+        padding_logit_bias[cfg.vocab_size :] = float("-inf")
+        self.register_buffer("padding_logit_bias", padding_logit_bias, persistent=False)
         self.apply(self._init_weights)
         if cfg.norm == "pre":  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
             for name, p in self.named_parameters():
@@ -169,10 +176,23 @@ class GPT(nn.Module):
             logits = logits[..., : self.config.vocab_size]
         return logits
 
+    def lm_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of hidden states [..., C] against `targets` [...] (-100: ignored).
+
+        The training path: the logits keep the padded width, their padding columns at -inf (probability
+        exactly 0), so the loss equals the one over the real vocabulary without copying the logits,
+        which at a 50k vocabulary cost more than the rest of the LM head.
+        """
+        logits = F.linear(hidden, self.wte.weight, self.padding_logit_bias)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+
+    def next_token_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Pretraining's loss: mean cross-entropy of `targets` [B, T] given token ids `idx` [B, T]."""
+        return self.lm_loss(self.hidden_states(idx), targets)
+
     def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6N for the weights plus 6·L·T·C for attention scores."""
-        c = self.config
-        return 6 * self.num_params() + 6 * c.n_layer * c.block_size * c.n_embd
+        """Training FLOPs per token (`ModelConfig.flops_per_token`: 6N plus attention scores)."""
+        return self.config.flops_per_token()
 
 
 def save_model(model: GPT, out_dir: str | Path) -> None:

@@ -87,11 +87,9 @@ class TaskModel(nn.Module):
             logits = self.head(h_extract)
         if not with_lm:
             return logits, None
-        lm_logits = self.gpt.lm_logits(hidden[:, :-1])
-        mask = torch.arange(T - 1, device=flat.device)[None, :] < (flat_len - 1)[:, None]  # real tokens only
-        token_loss = F.cross_entropy(lm_logits.transpose(1, 2).float(), flat[:, 1:], reduction="none")
-        lm_loss = (token_loss * mask).sum() / mask.sum().clamp(min=1)
-        return logits, lm_loss
+        real = torch.arange(T - 1, device=flat.device)[None, :] < (flat_len - 1)[:, None]  # real tokens only
+        targets = flat[:, 1:].masked_fill(~real, -100)
+        return logits, self.gpt.lm_loss(hidden[:, :-1], targets)
 
 
 def extend_vocab(gpt: GPT, vocab_size: int) -> GPT:
@@ -148,7 +146,7 @@ class FinetuneModule(ExactResumeModule):
         self.log_dict({f"val_{k}": v for k, v in scores.items()}, prog_bar=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        opt = adamw(self.model, self.cfg.lr, self.cfg.weight_decay)
+        opt = adamw(self.model, self.cfg.lr, self.cfg.weight_decay, fused=self.clips_fused_optimizer())
         warmup = math.ceil(self.cfg.warmup_fraction * self.total_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(warmup, self.total_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

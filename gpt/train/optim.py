@@ -8,13 +8,18 @@ import torch
 from torch import nn
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW decaying only matrices and embeddings (>= 2-D), never biases or LayerNorm gains."""
+def adamw(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW decaying only matrices and embeddings (>= 2-D), never biases or LayerNorm gains.
+
+    `fused`: one kernel updates every tensor (on this 2-core CPU a 16M-parameter update drops from ~60
+    to ~9 ms, about 3% of a step); the caller says whether its training loop can clip its gradients.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    fused = fused and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeGuard, get_args
@@ -22,11 +23,11 @@ from typing import Any, TypeGuard, get_args
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.strategies import FSDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy, Strategy
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch.optim import Optimizer
 
 from gpt.data.windows import ShardDataModule
 from gpt.model.config import ModelConfig
@@ -78,6 +79,22 @@ class ExactResumeModule(L.LightningModule):
         if RNG_KEY in checkpoint:
             set_rng_state(checkpoint[RNG_KEY])
 
+    def clips_fused_optimizer(self) -> bool:
+        """Whether this run can use a fused optimizer: one device or DDP (full local gradients, clipped
+        here) without fp16 loss scaling (the fused kernel would unscale the gradients after clipping)."""
+        plain = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        return plain and self.trainer.precision != "16-mixed"
+
+    def configure_gradient_clipping(
+        self, optimizer: Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip by global norm; Lightning's mixed-precision plugin refuses any fused optimizer, even under
+        bf16 where nothing is scaled, so clipping happens here for the runs `clips_fused_optimizer` allows."""
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and self.clips_fused_optimizer():
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
 
 class LMModule(ExactResumeModule):
     """Next-token prediction on a GPT; logs train_loss, val_loss and (via callbacks) lr, tokens/s, MFU."""
@@ -89,11 +106,18 @@ class LMModule(ExactResumeModule):
         self.train_cfg = train
         cfg = self.model.config
         self.flops_per_batch = self.model.flops_per_token() * self.train_cfg.batch_size * cfg.block_size
+        self.batch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.model.next_token_loss
+
+    def compile_loss(self) -> None:
+        """torch.compile the whole loss (the model and the LM head's cross-entropy) in one graph.
+
+        The model itself stays uncompiled, so parameter names (and checkpoints) are the plain model's.
+        """
+        self.batch_loss = torch.compile(self.model.next_token_loss)
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        logits = self.model(x)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        return self.batch_loss(x, y)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -106,7 +130,7 @@ class LMModule(ExactResumeModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         c = self.train_cfg
-        opt = adamw(self.model, c.lr, c.weight_decay)
+        opt = adamw(self.model, c.lr, c.weight_decay, fused=self.clips_fused_optimizer())
         if c.schedule == "linear":
             fn = warmup_linear(c.warmup_steps, c.max_steps)
         else:
@@ -194,9 +218,8 @@ def pretrain(
     """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir` (`last.ckpt` resumes)."""
     L.seed_everything(seed, workers=True, verbose=False)
     module = LMModule(model_config, cfg)
-    use_compile = cfg.compile if cfg.compile is not None else torch.cuda.is_available()
-    if use_compile:
-        module.model.compile()  # in place: parameter names (and checkpoints) stay those of the plain model
+    if cfg.compiles(model_config, gpu=torch.cuda.is_available()):
+        module.compile_loss()
     data = ShardDataModule(shard_dir, model_config.block_size, cfg.batch_size, cfg.val_batches, seed)
     throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
     callbacks: list[L.Callback] = [
