@@ -144,9 +144,8 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; without position embeddings by default (the 6N FLOPs convention)."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        """Parameter count; without position embeddings by default (`ModelConfig.num_params`)."""
+        return self.config.num_params(non_embedding)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token ids [B, T] to next-token logits [B, T, V] (V = the real vocabulary, padding cut off)."""
