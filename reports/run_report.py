@@ -244,15 +244,19 @@ def _pretraining(client: MlflowClient, parent: Run, stages: dict[str, Run], out:
         local = download(client, pre, name, tmp / "samples")
         if local:
             blocks += [Para(f"Sampled continuations (`{name}`):"), Code(local.read_text())]
-    zeroshot = [k for k in keys if k.startswith("zeroshot")]
-    if zeroshot:
+    curves = (
+        ("zeroshot", "Zero-shot over pretraining", "zero-shot metrics"),
+        ("probe", "Linear probes over pretraining", "dev accuracy of a linear probe of h(extract), frozen model"),
+    )
+    for prefix, title, caption in curves:
         series = []
-        for key in zeroshot:
+        for key in (k for k in keys if k.startswith(prefix)):
             steps, values = history(client, pre, key)
-            label = key.removeprefix("zeroshot/").removeprefix("zeroshot.")
+            label = key.removeprefix(f"{prefix}/").removeprefix(f"{prefix}.")
             series.append((label, [s * per_step for s in steps], values))
-        path = plots.line_plot(out / PLOTS_DIR / "zeroshot.png", series, unit, "score", "Zero-shot over pretraining")
-        blocks += [Heading("Zero-shot over pretraining", 3), Image(str(path.relative_to(out)), "zero-shot metrics")]
+        if series:
+            path = plots.line_plot(out / PLOTS_DIR / f"{prefix}.png", series, unit, "score", title)
+            blocks += [Heading(title, 3), Image(str(path.relative_to(out)), caption)]
     return blocks
 
 

@@ -2,7 +2,8 @@
 
 Its key hashes local source files by content: the resolved file list of each local file, folder or
 glob (`mirror://` included) with each file's sha256, so an edited or added file makes the stage
-stale. Catalog sources are keyed by the sha256 the catalog pins for their files; `https://...#sha256=`
+stale. Catalog sources (and `task:` sources, through their task's catalog files) are keyed by the
+sha256 the catalog pins for their files; `https://...#sha256=`
 and `hf://...&revision=` sources are pinned by their name.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.config import CorpusConfig
-from gpt.data.sources import CATALOG, MIRROR_SCHEME, resolve_local, resolve_mirror
+from gpt.data.sources import CATALOG, MIRROR_SCHEME, TASK_SCHEME, resolve_local, resolve_mirror, task_catalog_entries
 from tasks.content import DigestCache, check_listing_unchanged, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 
@@ -31,7 +32,7 @@ class CorpusSection:
 
 def pinned_by_name(source: str) -> bool:
     """A source whose content its name fixes (catalog, checksummed URL, hub revision): no local file to read."""
-    return source in CATALOG or source.startswith(("https://", "http://", "hf://"))
+    return source in CATALOG or source.startswith(("https://", "http://", "hf://", TASK_SCHEME))
 
 
 def local_files(source: str) -> list[Path]:
@@ -57,7 +58,11 @@ def plan_corpus(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `corpus` stage, keyed by the cleaning options and the local sources' content."""
     from gpt.data.corpus import corpus_sources
 
-    catalog = {s: [f.sha256 for f in CATALOG[s]] for _, s, _ in corpus_sources(cfg.corpus) if s in CATALOG}
+    catalog = {}
+    for _, source, _ in corpus_sources(cfg.corpus):
+        entries = task_catalog_entries(source) if source.startswith(TASK_SCHEME) else (source,)
+        if all(e in CATALOG for e in entries):
+            catalog[source] = [f.sha256 for e in entries for f in CATALOG[e]]
     return [Planned("corpus", CorpusSection(cfg.corpus, source_digests(cfg.corpus, ctx.digests), catalog), [])]
 
 

@@ -71,8 +71,8 @@ class FinetuneSection:
     recipe: FinetuneConfig  # for this variant: per-task overrides and the ablation applied
     seed: int  # head init, batch order, dropout
     data_seed: int  # the seeded subset `max_examples` keeps (the experiment's seed, shared by the variants)
-    precision: str  # `pretrain.precision`: fine-tuning runs in the numeric format of pretraining
-    device: str  # gpu | cpu: where it trains (numerics; what `precision: auto` becomes)
+    precision: str  # `pretrain.precision` resolved: fine-tuning runs in the numeric format of pretraining
+    device: str  # gpu | cpu: where it trains (numerics)
     model: ModelConfig | None = None  # the architecture, when starting from scratch
     init_dir: str | None = location()  # the model directory, when `recipe.init` is `model_dir`
     init_files: dict[str, str] = field(default_factory=dict)  # its files -> sha256
@@ -116,7 +116,8 @@ def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCac
     splits = ("train", "dev") if r.early_stopping_patience or r.select_best else ("train",)  # dev: scored per epoch
     task = task_input(variant.task, cfg, digests, splits)
     device = device_kind("auto")  # fine-tuning trains on whatever this machine has
-    section = FinetuneSection(task, r, seed, cfg.seed, cfg.pretrain.precision, device)
+    precision = cfg.pretrain.resolved_precision(gpu=device == "gpu")
+    section = FinetuneSection(task, r, seed, cfg.seed, precision, device)
     if r.init == "scratch":
         section.model = cfg.model
     elif r.init != "pretrained":  # a model directory: keyed by its content, not its path

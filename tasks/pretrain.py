@@ -27,9 +27,14 @@ def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     from tasks.placement import device_kind, planned_model, planned_world_size
 
     device = device_kind(cfg.pretrain.accelerator)
-    # `compile: null` resolved here, so the key holds whether the run compiles (fused kernels round differently)
-    p = replace(cfg.pretrain, compile=cfg.pretrain.compiles(planned_model(cfg), gpu=device == "gpu"))
-    custom = {n: cfg.tasks[n] for n in p.zeroshot_tasks if n in cfg.tasks}
+    # `compile: null` and `precision: auto` resolved here, so the key holds how the run computes
+    gpu = device == "gpu"
+    p = replace(
+        cfg.pretrain,
+        compile=cfg.pretrain.compiles(planned_model(cfg), gpu=gpu),
+        precision=cfg.pretrain.resolved_precision(gpu),
+    )
+    custom = {n: cfg.tasks[n] for n in [*p.zeroshot_tasks, *p.probe_tasks] if n in cfg.tasks}
     global_batch = p.global_batch(cfg.model.block_size, planned_world_size(p))
     section = PretrainSection(cfg.model, p, cfg.seed, device, global_batch, custom)
     return [Planned("pretrain", section, ["encode", "tokenizer"])]

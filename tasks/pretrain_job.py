@@ -40,8 +40,8 @@ class PretrainSection:
     seed: int
     device: str  # gpu | cpu (`accelerator` resolved): numerics, and what `precision: auto` / `compile` become
     global_batch: int  # windows per optimizer step over all ranks (`batch_size` × ranks unless `tokens_per_step`)
-    zeroshot_custom: dict[str, CustomTaskConfig] = observation(
-        None, "custom tasks scored zero-shot (logged only)", factory=dict
+    scored_custom: dict[str, CustomTaskConfig] = observation(
+        None, "custom tasks scored zero-shot or probed during pretraining (logged only)", factory=dict
     )
 
 
@@ -113,9 +113,17 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
         from gpt.downstream.zeroshot import zeroshot_callback
 
         zeroshot = zeroshot_callback(
-            p.zeroshot_tasks, enc, job.env.cache_dir, p.zeroshot_examples, section.seed, section.zeroshot_custom
+            p.zeroshot_tasks, enc, job.env.cache_dir, p.zeroshot_examples, section.seed, section.scored_custom
         )
         callbacks.append(zeroshot)
+    if p.probe_tasks:  # linear probes of h(extract) on the frozen model at every validation
+        from gpt.downstream.probe import probe_callback
+
+        probes = probe_callback(
+            p.probe_tasks, enc, job.env.cache_dir, p.probe_examples, model_config.block_size, section.seed,
+            section.scored_custom,
+        )  # fmt: skip
+        callbacks.append(probes)
     try:
         model, result = pretrain(
             model_config, p, job.encode_dir, job.checkpoints, section.seed, logger=logger, extra_callbacks=callbacks

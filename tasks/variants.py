@@ -14,7 +14,7 @@ from typing import Any
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.config.fields import ConfigError
-from gpt.downstream.spec import SENTIMENT_VERBALIZERS
+from gpt.downstream.spec import SENTIMENT_VERBALIZERS, probe_supported
 from gpt.model.config import read_model_config
 from gpt.train.config import FinetuneConfig
 
@@ -87,6 +87,16 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
             raise ConfigError(
                 f"config key 'pretrain.zeroshot_tasks[{i}]': {name!r} has no zero-shot form "
                 f"(multiple-choice tasks and {', '.join(SENTIMENT_VERBALIZERS)} have)"
+            )
+    for i, name in enumerate(cfg.pretrain.probe_tasks):
+        try:
+            spec = get_task(name, cfg.tasks)
+        except KeyError as e:
+            raise ConfigError(f"config key 'pretrain.probe_tasks[{i}]': {e.args[0]}") from None
+        if not probe_supported(spec):
+            raise ConfigError(
+                f"config key 'pretrain.probe_tasks[{i}]': {name!r} has no linear-probe form "
+                "(classification, entailment, similarity classes or two-answer multiple choice have)"
             )
     init = cfg.finetune.init
     if init not in ("pretrained", "scratch"):

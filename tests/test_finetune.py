@@ -134,3 +134,29 @@ def test_extend_vocab_keeps_learned_rows(enc):
     assert torch.equal(grown.wte.weight[:100], small.wte.weight)
     assert torch.equal(grown.h[0].mlp.c_fc.weight, small.h[0].mlp.c_fc.weight)
     assert extend_vocab(gpt, 100) is gpt
+
+
+def test_length_grouped_batches_visit_every_example_once_and_pad_less():
+    import numpy as np
+
+    from gpt.train.finetune import EpochPermutationBatches
+
+    lengths = np.random.default_rng(0).integers(3, 90, size=5000)
+    step = [0]
+    plain = EpochPermutationBatches(5000, 32, seed=1, steps_done=lambda: step[0])
+    grouped = EpochPermutationBatches(5000, 32, seed=1, steps_done=lambda: step[0], lengths=lengths.tolist())
+    for epoch in (0, 1):
+        batches = grouped.epoch_batches(epoch)
+        assert len(batches) == len(grouped) == len(plain)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(5000))
+    assert [b.tolist() for b in grouped.epoch_batches(0)] != [b.tolist() for b in grouped.epoch_batches(1)]
+
+    def padded(sampler):
+        return sum(int(lengths[b].max()) * len(b) for b in sampler.epoch_batches(0))
+
+    assert padded(grouped) < 0.6 * padded(plain)
+    # a run resumed at step 7 continues the same epoch's order at its 8th batch
+    step[0] = 7
+    assert list(grouped) == [b.tolist() for b in grouped.epoch_batches(0)[7:]]
+    step[0] = len(grouped) + 2
+    assert next(iter(grouped)) == grouped.epoch_batches(1)[2].tolist()

@@ -155,13 +155,13 @@ def test_the_pretrain_worker_spec_holds_no_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:{SECRET}@127.0.0.1:5000")
     monkeypatch.delenv(SECRETS_ENV, raising=False)
     export_secrets(cfg)
-    section = PretrainSection(ModelConfig(), PretrainConfig(), 1, "cpu", 8, zeroshot_custom=dict(cfg.tasks))
+    section = PretrainSection(ModelConfig(), PretrainConfig(), 1, "cpu", 8, scored_custom=dict(cfg.tasks))
     env = StageEnv("pretrain", "run", os.environ["MLFLOW_TRACKING_URI"], tmp_path)
     job = PretrainJob(section, tmp_path, tmp_path, tmp_path, env)
     spec = job.to_json()
     assert SECRET not in spec and "user:***@" in spec
     back = PretrainJob.from_json(spec)  # the worker's env has the real values
-    assert back.env.tracking_uri == env.tracking_uri and back.section.zeroshot_custom == section.zeroshot_custom
+    assert back.env.tracking_uri == env.tracking_uri and back.section.scored_custom == section.scored_custom
 
 
 def test_a_store_with_credentials_is_not_an_artifact_root(tmp_path, monkeypatch):

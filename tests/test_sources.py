@@ -172,3 +172,25 @@ def test_empty_source_in_a_mixture_is_named(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SourceError, match=r"corpus source '.*empty\.jsonl' produced no text"):
         corpus(tmp_path, [(str(tmp_path / "a.txt"), 1.0), (str(tmp_path / "empty.jsonl"), 1.0)])
+
+
+def test_task_source_is_the_tasks_training_inputs_without_labels(tmp_path):
+    import csv
+
+    from gpt.data.sources import mirror_dir
+
+    (tmp_path / "sc").mkdir()
+    _, docs = corpus(tmp_path, "task:sst2", max_bytes=200_000)
+    with open(mirror_dir() / "glue/SST-2/train.tsv", newline="") as f:
+        sentences = [r["sentence"].strip() for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    assert len(docs) > 1000 and set(docs[:-1]) <= set(sentences)  # the last one cut at max_bytes
+    assert docs[0] == sentences[0]
+    assert not any("\t" in d for d in docs)  # the label column never reaches the corpus
+    _, story_docs = corpus(tmp_path / "sc", "task:story_cloze")
+    assert len(story_docs) == 1871 - 374  # the train split only: the 374 dev stories stay out
+    assert all(len(d.split("\n")) == 3 for d in story_docs)  # story, then each ending
+
+
+def test_unknown_task_source_names_the_known_tasks():
+    with pytest.raises(SourceError, match=r"task:nope: 'nope' is not a built-in task .*sst2"):
+        check_source("task:nope")

@@ -19,6 +19,7 @@ from gpt.data.config import CorpusConfig
 from gpt.data.sources import (
     CATALOG,
     MIRROR_SCHEME,
+    TASK_SCHEME,
     SourceError,
     check_source,
     download,
@@ -28,6 +29,7 @@ from gpt.data.sources import (
     parse_hf,
     resolve_local,
     resolve_mirror,
+    task_catalog_entries,
 )
 
 TEXT_COLUMN = "text"
@@ -180,8 +182,21 @@ def _hf_documents(source: str) -> Iterator[RawDocument]:
         yield RawDocument(source, row[column])
 
 
+def _task_documents(source: str, cache_dir: Path) -> Iterator[RawDocument]:
+    """A built-in task's training inputs without their labels, one document per example (its fields, a line
+    each): task-adaptive pretraining text (Gururangan et al., 2020). Only the train split, never dev or test."""
+    from gpt.downstream.builtin import BUILTIN_TASKS
+
+    task_catalog_entries(source)  # an unknown task: SourceError naming it
+    for example in BUILTIN_TASKS[source.removeprefix(TASK_SCHEME)].load("train", cache_dir):
+        yield RawDocument(source, "\n".join(example.fields))
+
+
 def source_documents(source: str, cache_dir: Path) -> Iterator[RawDocument]:
     """Decoded documents of one source, any kind, in a fixed order."""
+    if source.startswith(TASK_SCHEME):
+        yield from _task_documents(source, cache_dir)
+        return
     if source.startswith("hf://"):
         yield from _hf_documents(source)
         return

@@ -1,7 +1,8 @@
 """Resolve a data source to local files: the offline mirror first, then the network.
 
 A source is a catalog name (a known data set with its canonical URLs and sha256), a local path
-or glob, `https://...#sha256=<hex>`, or `hf://<dataset>[/<config>]?split=..&revision=..&column=..`.
+or glob, `https://...#sha256=<hex>`, `hf://<dataset>[/<config>]?split=..&revision=..&column=..`,
+or `task:<built-in task>` (its training inputs without labels).
 Canonical sources can be served from a mirror directory (`GPTFLOW_MIRROR`, else `../shared/data`
 beside the checkout) so that tests and the demo run with no network; a hub data set is looked up
 there as `hf/<dataset>[/<config>]/<split>.{parquet,jsonl,jsonl.gz,txt}` (or a `<split>/` folder).
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs, quote, urlparse
 from gpt.config.secrets import basic_auth, redact_url
 
 MIRROR_SCHEME = "mirror://"
+TASK_SCHEME = "task:"  # `task:<built-in task>`: its training inputs without labels (task-adaptive pretraining text)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # the `#sha256=` of an https source
 
 
@@ -291,9 +293,23 @@ def resolve_mirror(source: str) -> list[Path]:
     return resolve_local(str(mirror / source[len(MIRROR_SCHEME) :]))
 
 
+def task_catalog_entries(source: str) -> tuple[str, ...]:
+    """The catalog entries (pinned files) a `task:<name>` source reads; SourceError for an unknown task."""
+    from gpt.downstream.builtin import BUILTIN_TASKS  # downstream loaders read this module's catalog
+
+    name = source.removeprefix(TASK_SCHEME)
+    if name not in BUILTIN_TASKS:
+        known = ", ".join(BUILTIN_TASKS)
+        raise SourceError(f"{source}: {name!r} is not a built-in task with pinned data (one of: {known})")
+    return BUILTIN_TASKS[name].files
+
+
 def check_source(source: str) -> None:
     """Fail fast (before compute) when a source is malformed or a local file is missing."""
     if source in CATALOG:
+        return
+    if source.startswith(TASK_SCHEME):
+        task_catalog_entries(source)
         return
     if source.startswith(MIRROR_SCHEME):
         resolve_mirror(source)

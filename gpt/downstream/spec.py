@@ -124,6 +124,13 @@ def label_index(path: Path, lineno: int, column: str, value: Any, labels: tuple[
     return labels.index(text)
 
 
+def probe_supported(spec: TaskSpec) -> bool:
+    """Whether a task has a linear-probe form (gpt.downstream.probe): classes, or two answers to choose between."""
+    if spec.regression:
+        return False
+    return spec.type != "multiple_choice" or spec.num_outputs == 2
+
+
 def cap_examples(examples: list[Example], max_examples: int | None, seed: int) -> list[Example]:
     """A seeded random subset of at most `max_examples` (all of them, shuffled, when None)."""
     order = np.random.default_rng(seed).permutation(len(examples))

@@ -181,6 +181,11 @@ class ExampleDataset(Dataset[EncodedExample]):
 class EpochPermutationBatches(Sampler[list[int]]):
     """Batches of example indices: epoch e visits `default_rng([seed, e]).permutation(n)` in order.
 
+    With `lengths`, the permutation is cut into groups of `GROUP_BATCHES` batches; each group is sorted
+    by length, cut into batches, and its batches are visited in a seeded random order (HF Trainer's
+    `group_by_length`): a batch pads to a length close to its examples', and the epoch's order stays
+    random at the group level. Still a pure function of (seed, epoch).
+
     Each new iteration starts where `steps_done()` (the trainer's optimizer steps; one batch per step)
     says the run is, so a run resumed mid-epoch continues that epoch's order at the next batch. The
     position comes from Lightning's restored `global_step` rather than from a state_dict of this
@@ -188,17 +193,48 @@ class EpochPermutationBatches(Sampler[list[int]]):
     the batches trained on when the checkpoint is written.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, steps_done: Callable[[], int]):
+    GROUP_BATCHES = 50
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        steps_done: Callable[[], int],
+        lengths: Sequence[int] | None = None,
+    ):
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"{len(lengths)} lengths for {n} examples")
         self.n, self.batch_size, self.seed, self.steps_done = n, batch_size, seed, steps_done
+        self.lengths = np.asarray(lengths) if lengths is not None else None
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
 
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The batches of one epoch, in visiting order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n)
+        if self.lengths is None:
+            return [order[b : b + self.batch_size] for b in range(0, self.n, self.batch_size)]
+        group = self.batch_size * self.GROUP_BATCHES
+        batches: list[np.ndarray] = []
+        for g in range(0, self.n, group):
+            members = order[g : g + group]
+            members = members[np.argsort(-self.lengths[members], kind="stable")]
+            cut = [members[b : b + self.batch_size] for b in range(0, len(members), self.batch_size)]
+            batches.extend(cut[i] for i in rng.permutation(len(cut)))
+        return batches
+
     def __iter__(self) -> Iterator[list[int]]:
         epoch, start = divmod(self.steps_done(), len(self))
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        for b in range(start, len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+        for batch in self.epoch_batches(epoch)[start:]:
+            yield batch.tolist()
+
+
+def example_length(example: EncodedExample) -> int:
+    """The padded length an example needs: its longest sequence."""
+    return max(len(s) for s in example.sequences)
 
 
 @dataclass
@@ -275,7 +311,8 @@ def finetune(
         enable_model_summary=False,
         default_root_dir=ckpt_dir,
     )
-    batches = EpochPermutationBatches(len(train), cfg.batch_size, seed, lambda: trainer.global_step)
+    lengths = [example_length(e) for e in train] if cfg.group_by_length else None
+    batches = EpochPermutationBatches(len(train), cfg.batch_size, seed, lambda: trainer.global_step, lengths)
     loader = DataLoader(ExampleDataset(train), batch_sampler=batches, collate_fn=collate, generator=torch.Generator())
     resume = resume_checkpoint(ckpt_dir)  # last.ckpt, else the newest intact one (epoch-end.ckpt)
     with warnings.catch_warnings():

@@ -33,7 +33,7 @@ from gpt.data.windows import ShardDataModule
 from gpt.model.config import ModelConfig
 from gpt.model.transformer import GPT, Block
 from gpt.train.callbacks import NonFiniteLossStop, TokenThroughput
-from gpt.train.config import LightningPrecision, PretrainConfig
+from gpt.train.config import LightningPrecision, PretrainConfig, auto_precision
 from gpt.train.optim import adamw, warmup_cosine, warmup_linear
 
 LAST_CKPT = "last.ckpt"
@@ -125,7 +125,8 @@ class LMModule(ExactResumeModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss = self._loss(batch)
+        # eager: a few val batches don't pay back compiling the eval-mode graph (~10 s on this CPU)
+        loss = self.model.next_token_loss(*batch)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, batch_size=batch[0].size(0), sync_dist=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
@@ -161,9 +162,9 @@ def _is_lightning_precision(precision: str) -> TypeGuard[LightningPrecision]:
 
 
 def resolve_precision(precision: str) -> LightningPrecision:
-    """`auto` means bf16-mixed on a GPU and full fp32 on CPU; anything else must be a Lightning precision."""
+    """A Lightning precision; `auto` decided for this machine (`auto_precision`)."""
     if precision == "auto":
-        return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+        return auto_precision(gpu=torch.cuda.is_available())
     if not _is_lightning_precision(precision):
         raise ValueError(f"precision {precision!r} is not auto | {' | '.join(get_args(LightningPrecision))}")
     return precision
