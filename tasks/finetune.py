@@ -176,10 +176,10 @@ def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: i
 
 def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: StageEnv) -> StageOutput:
     """Fine-tune on the task's train split (dev-scored each epoch when early stopping/best selection is on)."""
-    from gpt.data.tokenizer import load_tokenizer
+    from gpt.data.tokenizer import load_tokenizer, special_ids
     from gpt.downstream.builtin import get_task
     from gpt.train.callbacks import StopWhenFileAppears
-    from gpt.train.finetune import TaskModel, finetune, save_task_model
+    from gpt.train.finetune import TaskModel, finetune, fresh_special_embeddings, save_task_model
     from tasks.mlflow_logger import stage_logger
 
     cache = env.digest_cache()
@@ -190,6 +190,9 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
     spec = get_task(section.task.name, section.task.custom())
     enc = load_tokenizer(inputs["tokenizer"])
     gpt = initial_gpt(section, inputs, enc.n_vocab)
+    if ft.fresh_special_tokens and ft.init != "scratch":
+        ids = special_ids(enc)
+        fresh_special_embeddings(gpt, [ids["start"], ids["delim"], ids["extract"]], section.seed)
     max_len = ft.max_len or gpt.config.block_size
     _, train = load_split(spec, "train", enc, ft.max_examples, section.data_seed, env.cache_dir, max_len)
     dev = None
@@ -216,7 +219,7 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
 
 DEFINITION = StageDef(
     kind="finetune",
-    version="6",  # 6: fused AdamW; the auxiliary LM loss over the padded width
+    version="7",  # 7: length-grouped batches, fresh special-token embeddings; 6: fused AdamW, LM loss padded width
     doc="the GPT with a task head, trained with λ·LM loss",
     instances=plan_finetune,
     compute=compute,

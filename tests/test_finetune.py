@@ -160,3 +160,20 @@ def test_length_grouped_batches_visit_every_example_once_and_pad_less():
     assert list(grouped) == [b.tolist() for b in grouped.epoch_batches(0)[7:]]
     step[0] = len(grouped) + 2
     assert next(iter(grouped)) == grouped.epoch_batches(1)[2].tolist()
+
+
+def test_fresh_special_embeddings_redraw_only_those_rows(enc):
+    from gpt.train.finetune import fresh_special_embeddings
+
+    torch.manual_seed(0)
+    gpt = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=16))
+    before = gpt.wte.weight.detach().clone()
+    ids = [enc.n_vocab - 3, enc.n_vocab - 1]
+    fresh_special_embeddings(gpt, ids, seed=5)
+    after = gpt.wte.weight.detach()
+    others = [i for i in range(enc.n_vocab) if i not in ids]
+    assert torch.equal(after[others], before[others])
+    assert not torch.equal(after[ids], before[ids])
+    again = GPT(ModelConfig(vocab_size=enc.n_vocab, n_layer=1, n_head=2, n_embd=16, block_size=16))
+    fresh_special_embeddings(again, ids, seed=5)
+    assert torch.equal(again.wte.weight[ids], after[ids])  # a function of the seed alone

@@ -190,6 +190,10 @@ class FinetuneConfig(Section):
         True,
         "batch examples of similar length (within seeded groups of 50 batches), so padding costs little",
     )
+    fresh_special_tokens: bool = knob(
+        True,
+        "re-draw the start/delim/extract embeddings before fine-tuning pretrained weights (GPT-1 adds them then)",
+    )
     init: str = knob(
         "pretrained",
         "pretrained (the pipeline's) | scratch (random, same architecture) | a model dir",
@@ -216,7 +220,7 @@ class FinetuneConfig(Section):
 # The keys `finetune.per_task.<task>` may override: the recipe, not the plan (tasks, seeds) or logging.
 RECIPE_KEYS = (
     "lr", "epochs", "batch_size", "aux_lm_weight", "warmup_fraction", "weight_decay", "clf_dropout",
-    "max_examples", "max_len", "group_by_length", "early_stopping_patience", "select_best",
+    "max_examples", "max_len", "group_by_length", "fresh_special_tokens", "early_stopping_patience", "select_best",
 )  # fmt: skip
 
 

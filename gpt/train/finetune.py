@@ -108,6 +108,18 @@ def extend_vocab(gpt: GPT, vocab_size: int) -> GPT:
     return bigger
 
 
+def fresh_special_embeddings(gpt: GPT, token_ids: Sequence[int], seed: int) -> None:
+    """Re-draw the embedding rows of `token_ids` (normal, std 0.02, from `seed`): GPT-1's start/delim/extract are
+    new tokens at fine-tuning. Pretraining text never contains them, so with the LM head tied to the embedding
+    their rows learn only "never predict me" and drift together (cosine ~0.9 with each other after 1,000 steps
+    of the cpu-30min run), which fine-tuning would first have to undo."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.tensor(list(token_ids))
+    with torch.no_grad():
+        fresh = torch.randn(len(rows), gpt.config.n_embd, generator=generator) * 0.02
+        gpt.wte.weight[rows] = fresh.to(gpt.wte.weight.dtype)
+
+
 def task_loss(model: TaskModel, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """L2: mean squared error for a regression head, else cross-entropy (over answers, for multiple choice)."""
     if model.regression:
