@@ -10,8 +10,6 @@ from __future__ import annotations
 import glob
 import os
 
-from gpt.config.experiment import ExperimentConfig
-from gpt.model.config import ModelConfig
 from gpt.train.config import PretrainConfig
 
 
@@ -41,13 +39,3 @@ def planned_world_size(cfg: PretrainConfig) -> int:
     else:
         per_node = int(devices)
     return max(1, per_node) * cfg.num_nodes
-
-
-GPT2_VOCAB = 50257  # tokenizer.kind gpt2: OpenAI's ranks plus end-of-text
-
-
-def planned_model(cfg: ExperimentConfig) -> ModelConfig:
-    """The architecture with the vocabulary the tokenizer stage will give it (bpe: its merges, the special
-    tokens aside), for decisions made before any stage runs (whether compiling pays)."""
-    vocab = GPT2_VOCAB if cfg.tokenizer.kind == "gpt2" else cfg.tokenizer.vocab_size
-    return cfg.model.with_vocab(vocab)

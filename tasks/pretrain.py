@@ -24,14 +24,14 @@ if TYPE_CHECKING:
 
 def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     """One `pretrain` stage reading the token shards and the tokenizer."""
-    from tasks.placement import device_kind, planned_model, planned_world_size
+    from tasks.placement import device_kind, planned_world_size
 
     device = device_kind(cfg.pretrain.accelerator)
     # `compile: null` and `precision: auto` resolved here, so the key holds how the run computes
     gpu = device == "gpu"
     p = replace(
         cfg.pretrain,
-        compile=cfg.pretrain.compiles(planned_model(cfg), gpu=gpu),
+        compile=cfg.pretrain.compiles(gpu=gpu),
         precision=cfg.pretrain.resolved_precision(gpu),
     )
     custom = {n: cfg.tasks[n] for n in [*p.zeroshot_tasks, *p.probe_tasks] if n in cfg.tasks}

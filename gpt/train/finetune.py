@@ -113,7 +113,8 @@ def fresh_special_embeddings(gpt: GPT, token_ids: Sequence[int], seed: int) -> N
     new tokens at fine-tuning. Pretraining text never contains them, so with the LM head tied to the embedding
     their rows learn only "never predict me" and drift together (cosine ~0.9 with each other after 1,000 steps
     of the cpu-30min run), which fine-tuning would first have to undo."""
-    generator = torch.Generator().manual_seed(seed)
+    # a stream of its own: the task head draws from Generator(seed), and these rows must not repeat its draws
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]))
     rows = torch.tensor(list(token_ids))
     with torch.no_grad():
         fresh = torch.randn(len(rows), gpt.config.n_embd, generator=generator) * 0.02

@@ -219,7 +219,7 @@ def pretrain(
     """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir` (`last.ckpt` resumes)."""
     L.seed_everything(seed, workers=True, verbose=False)
     module = LMModule(model_config, cfg)
-    if cfg.compiles(model_config, gpu=torch.cuda.is_available()):
+    if cfg.compiles(gpu=torch.cuda.is_available()):
         module.compile_loss()
     data = ShardDataModule(shard_dir, model_config.block_size, cfg.batch_size, cfg.val_batches, seed)
     throughput = TokenThroughput(window_size=min(10, cfg.max_steps))
