@@ -14,7 +14,8 @@ from pathlib import Path
 
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.config import CorpusConfig
-from gpt.data.sources import CATALOG, MIRROR_SCHEME, TASK_SCHEME, resolve_local, resolve_mirror, task_catalog_entries
+from gpt.data.sources import CATALOG, MIRROR_SCHEME, TASK_SCHEME, resolve_local, resolve_mirror
+from gpt.downstream.builtin import task_catalog_entries
 from tasks.content import DigestCache, check_listing_unchanged, check_unchanged
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 

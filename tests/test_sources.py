@@ -191,6 +191,6 @@ def test_task_source_is_the_tasks_training_inputs_without_labels(tmp_path):
     assert all(len(d.split("\n")) == 3 for d in story_docs)  # story, then each ending
 
 
-def test_unknown_task_source_names_the_known_tasks():
-    with pytest.raises(SourceError, match=r"task:nope: 'nope' is not a built-in task .*sst2"):
-        check_source("task:nope")
+def test_unknown_task_source_names_the_key_and_the_known_tasks():
+    with pytest.raises(SourceError, match=r"'corpus.source': task:nope: 'nope' is not a built-in task .*sst2"):
+        check_corpus_sources(CorpusConfig(source="task:nope"))

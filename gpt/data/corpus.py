@@ -29,7 +29,6 @@ from gpt.data.sources import (
     parse_hf,
     resolve_local,
     resolve_mirror,
-    task_catalog_entries,
 )
 
 TEXT_COLUMN = "text"
@@ -183,13 +182,11 @@ def _hf_documents(source: str) -> Iterator[RawDocument]:
 
 
 def _task_documents(source: str, cache_dir: Path) -> Iterator[RawDocument]:
-    """A built-in task's training inputs without their labels, one document per example (its fields, a line
-    each): task-adaptive pretraining text (Gururangan et al., 2020). Only the train split, never dev or test."""
-    from gpt.downstream.builtin import BUILTIN_TASKS
+    """A `task:<name>` source's documents: a built-in task's training inputs, no labels (gpt.downstream.builtin)."""
+    from gpt.downstream.builtin import task_inputs  # the task loaders read this package's sources
 
-    task_catalog_entries(source)  # an unknown task: SourceError naming it
-    for example in BUILTIN_TASKS[source.removeprefix(TASK_SCHEME)].load("train", cache_dir):
-        yield RawDocument(source, "\n".join(example.fields))
+    for text in task_inputs(source, cache_dir):
+        yield RawDocument(source, text)
 
 
 def source_documents(source: str, cache_dir: Path) -> Iterator[RawDocument]:
@@ -328,6 +325,10 @@ def check_corpus_sources(corpus: CorpusConfig) -> None:
     for key, source, _ in corpus_sources(corpus):
         try:
             check_source(source)
+            if source.startswith(TASK_SCHEME):
+                from gpt.downstream.builtin import task_catalog_entries
+
+                task_catalog_entries(source)
         except SourceError as e:
             raise SourceError(f"config key '{key}': {e}") from None
 

@@ -293,23 +293,11 @@ def resolve_mirror(source: str) -> list[Path]:
     return resolve_local(str(mirror / source[len(MIRROR_SCHEME) :]))
 
 
-def task_catalog_entries(source: str) -> tuple[str, ...]:
-    """The catalog entries (pinned files) a `task:<name>` source reads; SourceError for an unknown task."""
-    from gpt.downstream.builtin import BUILTIN_TASKS  # downstream loaders read this module's catalog
-
-    name = source.removeprefix(TASK_SCHEME)
-    if name not in BUILTIN_TASKS:
-        known = ", ".join(BUILTIN_TASKS)
-        raise SourceError(f"{source}: {name!r} is not a built-in task with pinned data (one of: {known})")
-    return BUILTIN_TASKS[name].files
-
-
 def check_source(source: str) -> None:
     """Fail fast (before compute) when a source is malformed or a local file is missing."""
     if source in CATALOG:
         return
-    if source.startswith(TASK_SCHEME):
-        task_catalog_entries(source)
+    if source.startswith(TASK_SCHEME):  # checked by gpt.downstream.builtin.task_catalog_entries
         return
     if source.startswith(MIRROR_SCHEME):
         resolve_mirror(source)

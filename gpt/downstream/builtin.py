@@ -8,13 +8,13 @@ A built-in task in `TEST_FILE_READERS` also takes a labelled test file (`builtin
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from gpt.data.sources import CATALOG, fetch
+from gpt.data.sources import CATALOG, TASK_SCHEME, SourceError, fetch
 from gpt.downstream.config import BuiltinTaskConfig, CustomTaskConfig
 from gpt.downstream.custom import custom_task_spec, resolve_task_file
 from gpt.downstream.hub import HUB_TASKS
@@ -214,3 +214,21 @@ def get_task(
     if name in HUB_TASKS:
         return HUB_TASKS[name]
     raise KeyError(f"unknown task {name!r} (known: {', '.join(known_tasks(custom))})")
+
+
+def task_catalog_entries(source: str) -> tuple[str, ...]:
+    """The catalog entries (pinned files) a `task:<name>` corpus source reads; SourceError for an unknown task."""
+    name = source.removeprefix(TASK_SCHEME)
+    if name not in BUILTIN_TASKS:
+        known = ", ".join(BUILTIN_TASKS)
+        raise SourceError(f"{source}: {name!r} is not a built-in task with pinned data (one of: {known})")
+    return BUILTIN_TASKS[name].files
+
+
+def task_inputs(source: str, cache_dir: Path) -> Iterator[str]:
+    """A `task:<name>` corpus source: the task's training inputs without their labels, one text per example
+    (its fields, a line each); task-adaptive pretraining text (Gururangan et al., 2020). Only the train split,
+    never dev or test."""
+    task_catalog_entries(source)
+    for example in BUILTIN_TASKS[source.removeprefix(TASK_SCHEME)].load("train", cache_dir):
+        yield "\n".join(example.fields)
