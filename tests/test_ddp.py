@@ -33,7 +33,8 @@ a = json.loads(sys.argv[1])
 gcfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=a["block"], dropout=0.0, vocab_size=a["vocab"])
 tcfg = PretrainConfig(max_steps=a["steps"], batch_size=a["batch"], tokens_per_step=a["tokens_per_step"], lr=3e-3,
                       warmup_steps=2, val_every=6, val_batches=2, ckpt_every=6, ckpt_keep=2, log_every=1,
-                      accelerator="cpu", devices=str(a["devices"]), strategy=a["strategy"])
+                      accelerator="cpu", devices=str(a["devices"]), strategy=a["strategy"],
+                      precision="32-true")  # fp32 parity; bf16 autocast rounds the ranks differently
 _, result = pretrain(gcfg, tcfg, Path(a["shards"]), Path(a["ckpt"]), seed=0,
                      logger=stage_logger(a["tracking_uri"], a["run_id"]))
 if os.environ.get("LOCAL_RANK", "0") == "0":
