@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import tiktoken
 import torch
@@ -25,6 +24,7 @@ from gpt.downstream.config import CustomTaskConfig
 from gpt.downstream.spec import TaskSpec, cap_examples, probe_supported
 from gpt.downstream.transforms import EncodedExample, collate, encode_examples
 from gpt.model.transformer import GPT
+from gpt.train.callbacks import ScoresAtValidation
 
 
 @dataclass
@@ -88,20 +88,12 @@ def probe_accuracy(model: GPT, data: ProbeSet, seed: int = 0) -> float:
     return float(probe.score(x_dev, y_dev))
 
 
-class ProbeEval(L.Callback):
+class ProbeEval(ScoresAtValidation):
     """Logs `probe/<task>` dev accuracy of a linear probe at every validation."""
 
     def __init__(self, sets: list[ProbeSet], seed: int = 0):
-        self.sets, self.seed = sets, seed
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        model = pl_module.model
-        if not isinstance(model, GPT):
-            raise TypeError(f"ProbeEval needs a module whose .model is a GPT, not {type(model).__name__}")
-        for data in self.sets:
-            pl_module.log(f"probe/{data.name}", probe_accuracy(model, data, self.seed))
+        self.sets = sets
+        super().__init__("probe", [(d.name, d) for d in sets], lambda m, d: probe_accuracy(m, d, seed))
 
 
 def probe_callback(

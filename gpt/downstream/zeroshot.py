@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import tiktoken
 import torch
 import torch.nn.functional as F
@@ -19,6 +18,7 @@ from gpt.downstream.builtin import get_task
 from gpt.downstream.config import CustomTaskConfig
 from gpt.downstream.spec import SENTIMENT_VERBALIZERS, TaskSpec, cap_examples
 from gpt.model.transformer import GPT
+from gpt.train.callbacks import ScoresAtValidation
 
 SENTIMENT_PROMPT = " very"
 
@@ -97,23 +97,12 @@ def zeroshot_accuracy(model: GPT, data: ZeroShotSet, batch_size: int = 16) -> fl
     return float((preds == data.labels).float().mean())
 
 
-class ZeroShotEval(L.Callback):
-    """Logs `zeroshot/<task>` accuracy at every validation (in `fit` and in standalone `validate` calls)."""
+class ZeroShotEval(ScoresAtValidation):
+    """Logs `zeroshot/<task>` accuracy at every validation."""
 
     def __init__(self, sets: list[ZeroShotSet], batch_size: int = 16):
-        self.sets, self.batch_size = sets, batch_size
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        model = pl_module.model
-        if not isinstance(model, GPT):
-            raise TypeError(f"ZeroShotEval needs a module whose .model is a GPT, not {type(model).__name__}")
-        was_training = model.training
-        model.eval()
-        for data in self.sets:
-            pl_module.log(f"zeroshot/{data.name}", zeroshot_accuracy(model, data, self.batch_size))
-        model.train(was_training)
+        self.sets = sets
+        super().__init__("zeroshot", [(d.name, d) for d in sets], lambda m, d: zeroshot_accuracy(m, d, batch_size))
 
 
 def zeroshot_callback(

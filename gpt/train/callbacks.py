@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,25 @@ class StopWhenFileAppears(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.path.exists():
             raise StopRequested(f"asked to stop at step {trainer.global_step}: {self.path} exists")
+
+
+class ScoresAtValidation(L.Callback):
+    """Logs `<prefix>/<name>` = `score(model, data)` for each named data set at every validation (in `fit` and in
+    standalone `validate` calls, not the sanity check), on the module's GPT in eval mode (its mode restored)."""
+
+    def __init__(self, prefix: str, named: list[tuple[str, Any]], score: Callable[[Any, Any], float]):
+        self.prefix, self.named, self.score = prefix, named, score
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from gpt.model.transformer import GPT
+
+        if trainer.sanity_checking:
+            return
+        model = pl_module.model
+        if not isinstance(model, GPT):
+            raise TypeError(f"{type(self).__name__} needs a module whose .model is a GPT, not {type(model).__name__}")
+        was_training = model.training
+        model.eval()
+        for name, data in self.named:
+            pl_module.log(f"{self.prefix}/{name}", self.score(model, data))
+        model.train(was_training)
