@@ -11,6 +11,7 @@ from gpt.data.sources import SourceError
 from tasks.content import DIGESTS_FILE, DigestCache
 from tasks.corpus import local_files, pinned_by_name
 from tasks.definition import PlanContext
+from tasks.lm_eval import check_harness
 from tasks.stage import Stage, StageError, why_stale
 from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
 from tasks.variants import check_task_inputs
@@ -48,6 +49,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
     except SourceError as e:
         raise ConfigError(str(e)) from None
     check_task_inputs(cfg)
+    check_harness(cfg)
 
 
 # How many tokens local text files can become at most, whatever the tokenizer: a raw byte is at most

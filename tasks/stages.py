@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks import corpus, encode, evaluate, finetune, pretrain, report, tokenizer
+from tasks import corpus, encode, evaluate, finetune, lm_eval, pretrain, report, tokenizer
 from tasks.definition import StageDef
 
 # Any: each kind has its own section type; a Stage pairs a definition with a section of that type.
@@ -15,6 +15,7 @@ DEFINITIONS: tuple[StageDef[Any], ...] = (
     pretrain.DEFINITION,
     finetune.DEFINITION,
     evaluate.DEFINITION,
+    lm_eval.DEFINITION,
     report.DEFINITION,
 )
 BY_KIND: dict[str, StageDef[Any]] = {d.kind: d for d in DEFINITIONS}

@@ -148,10 +148,12 @@ class Tracker:
         summary = _finite(manifest.get("summary", {}))
         ts = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in summary.items()], tags=tags)
-        # evaluate[sst2] -> sst2.accuracy (the comparison table's columns); finetune[sst2] -> finetune.sst2.*
+        # evaluate[sst2] -> sst2.accuracy (the comparison table's columns); finetune[sst2] -> finetune.sst2.*;
+        # lm_eval's metrics are already named lm_eval/<task>/<metric>
         evaluated = stage.variant if stage.kind == "evaluate" else None
         prefix = evaluated.name if evaluated else stage.name.replace("[", ".").rstrip("]")
-        self.log_metrics(self.parent_id, {f"{prefix}.{k}": v for k, v in summary.items()})
+        named = {k if stage.kind == "lm_eval" else f"{prefix}.{k}": v for k, v in summary.items()}
+        self.log_metrics(self.parent_id, named)
         self.client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str, error: BaseException | str, status: str = "FAILED") -> None:

@@ -20,6 +20,7 @@ from gpt.config.secrets import public_config, redacted_config
 from gpt.config.sweep import SweepConfig
 from gpt.data.config import CorpusConfig, EncodeConfig, TokenizerConfig
 from gpt.downstream.config import NAME_PATTERN, TEST_FILE_TASKS, BuiltinTaskConfig, CustomTaskConfig
+from gpt.downstream.harness_config import HarnessConfig
 from gpt.model.config import ModelConfig
 from gpt.train.config import FinetuneConfig, PretrainConfig
 
@@ -70,6 +71,7 @@ class ExperimentConfig(Section):
     builtin_tasks: dict[str, BuiltinTaskConfig] = knob(
         doc=f"options of built-in tasks by name ({', '.join(TEST_FILE_TASKS)}): a labelled test file", factory=dict
     )
+    harness: HarnessConfig = knob(doc="lm-evaluation-harness tasks run on the pretrained model", factory=HarnessConfig)
     ablations: list[Literal["no_pretraining", "no_aux_lm"]] = knob(
         doc="GPT-1's ablations, each run beside the full recipe", factory=list
     )

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from gpt.downstream.builtin import get_task
 from gpt.downstream.config import CustomTaskConfig
-from gpt.downstream.spec import SENTIMENT_VERBALIZERS, TaskSpec, cap_examples
+from gpt.downstream.spec import SENTIMENT_VERBALIZERS, Example, TaskSpec, cap_examples
 from gpt.model.transformer import GPT
 from gpt.train.callbacks import ScoresAtValidation
 
@@ -39,7 +39,11 @@ def build_zeroshot_set(
     spec: TaskSpec, enc: tiktoken.Encoding, cache_dir: Path, max_examples: int | None, seed: int
 ) -> ZeroShotSet:
     """Tokenize a task's dev split for zero-shot scoring (a seeded subset of `max_examples`)."""
-    examples = cap_examples(spec.load("dev", cache_dir), max_examples, seed)
+    return encode_zeroshot(spec, cap_examples(spec.load("dev", cache_dir), max_examples, seed), enc)
+
+
+def encode_zeroshot(spec: TaskSpec, examples: list[Example], enc: tiktoken.Encoding) -> ZeroShotSet:
+    """Examples of task `spec` as (prefix, continuation) pairs, scored by the task's rule (see the module doc)."""
     prefixes, continuations = [], []
     if spec.type == "multiple_choice":
         for e in examples:
@@ -89,12 +93,16 @@ def continuation_logprobs(
     return torch.cat(sums), torch.cat(counts)
 
 
-def zeroshot_accuracy(model: GPT, data: ZeroShotSet, batch_size: int = 16) -> float:
-    """Accuracy of picking the likeliest continuation of each example."""
+def zeroshot_predictions(model: GPT, data: ZeroShotSet, batch_size: int = 16) -> torch.Tensor:
+    """The index of the likeliest continuation of each example, by the set's rule (average or sum)."""
     total, count = continuation_logprobs(model, data.prefixes, data.continuations, batch_size)
     scores = total / count.clamp(min=1) if data.average else total
-    preds = scores.view(-1, data.n_choices).argmax(-1)
-    return float((preds == data.labels).float().mean())
+    return scores.view(-1, data.n_choices).argmax(-1)
+
+
+def zeroshot_accuracy(model: GPT, data: ZeroShotSet, batch_size: int = 16) -> float:
+    """Accuracy of picking the likeliest continuation of each example."""
+    return float((zeroshot_predictions(model, data, batch_size) == data.labels).float().mean())
 
 
 class ZeroShotEval(ScoresAtValidation):
