@@ -166,13 +166,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace) -> ExperimentConfig:
+def _load(args: argparse.Namespace, ws: Workspace) -> ExperimentConfig:
     overrides = list(args.overrides)
     if getattr(args, "experiment", None):
         overrides.append(f"experiment={args.experiment}")
     if getattr(args, "seeds", None):
         overrides.append(f"finetune.seeds={args.seeds}")
-    return load_config(args.config, overrides)
+    return resolve_init_from(load_config(args.config, overrides), ws)
+
+
+def resolve_init_from(cfg: ExperimentConfig, ws: Workspace) -> ExperimentConfig:
+    """`pretrain.init_from` given as a run id or models:/NAME@ALIAS, as the model directory it names in `ws`."""
+    ref = cfg.pretrain.init_from
+    if ref is None or Path(ref).expanduser().exists():
+        return cfg
+    from dataclasses import replace
+
+    from flows.model_ref import resolve_model_dir
+
+    model_dir = resolve_model_dir(ref, ws, key="config key 'pretrain.init_from'")
+    return replace(cfg, pretrain=replace(cfg.pretrain, init_from=str(model_dir)))
 
 
 def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
@@ -180,7 +193,7 @@ def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:
 
     With --until-decided: rounds of runs adding fine-tuning seeds until every claim is decided (flows/until_decided.py).
     """
-    cfg = _load(args)
+    cfg = _load(args, ws)
     if args.until_decided or args.max_seeds is not None:
         from flows.until_decided import Round, until_decided
 
@@ -275,7 +288,7 @@ def cmd_stages(args: argparse.Namespace, ws: Workspace) -> int:
     """Print what `run` would do: stage, key, status and why; reads the workspace, starts nothing."""
     from tasks.plan import build_plan, describe, select
 
-    cfg = _load(args)
+    cfg = _load(args, ws)
     if args.sweep or args.grid:
         from flows.sweep.command import cmd_stages_sweep
 
@@ -292,7 +305,7 @@ def cmd_sweep(args: argparse.Namespace, ws: Workspace) -> int:
     """Run the config's sweep (plus --grid keys): one pipeline run per trial, then the table and the best trial."""
     from flows.sweep.command import cmd_sweep as run_sweep
 
-    return run_sweep(_load(args), args, ws)
+    return run_sweep(_load(args, ws), args, ws)
 
 
 def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
@@ -300,7 +313,7 @@ def cmd_serve(args: argparse.Namespace, ws: Workspace) -> int:
     from flows.serve import check_cron, deploy, serve
     from tasks.plan import build_plan, check_corpus_fits, check_inputs, select
 
-    cfg = _load(args)
+    cfg = _load(args, ws)
     check_cron(args.cron)
     check_inputs(cfg)
     selected, _ = select(build_plan(cfg, ws.artifacts), args.only, args.from_stage, args.force, args.rebuild)

@@ -113,6 +113,7 @@ def key_view(value: Any) -> Any:
             f.name: key_view(getattr(value, f.name))
             for f in dataclasses.fields(value)
             if f.metadata.get("role") not in NOT_IN_KEY
+            and not (f.metadata.get("omit_empty") and not getattr(value, f.name))
         }
     if isinstance(value, dict):
         return {strip_credentials(str(k)): key_view(v) for k, v in value.items()}
@@ -121,6 +122,11 @@ def key_view(value: Any) -> Any:
     if isinstance(value, str):  # a URL's credentials are not content (its #sha256= is), and differ per person
         return strip_credentials(value)
     return value
+
+
+def keyed_when_set(factory: Callable[[], Any]) -> Any:
+    """A section field in the key only when set (non-empty): a later option that leaves every older key as it was."""
+    return field(default_factory=factory, metadata={"omit_empty": True})
 
 
 def location(default: Any = None) -> Any:

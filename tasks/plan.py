@@ -12,6 +12,7 @@ from tasks.content import DIGESTS_FILE, DigestCache
 from tasks.corpus import local_files, pinned_by_name
 from tasks.definition import PlanContext
 from tasks.lm_eval import check_harness
+from tasks.pretrain import check_init_from
 from tasks.stage import Stage, StageError, why_stale
 from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
 from tasks.variants import check_task_inputs
@@ -50,6 +51,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
         raise ConfigError(str(e)) from None
     check_task_inputs(cfg)
     check_harness(cfg)
+    check_init_from(cfg)
 
 
 # How many tokens local text files can become at most, whatever the tokenizer: a raw byte is at most

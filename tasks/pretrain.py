@@ -37,7 +37,64 @@ def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     custom = {n: cfg.tasks[n] for n in [*p.zeroshot_tasks, *p.probe_tasks] if n in cfg.tasks}
     global_batch = p.global_batch(cfg.model.block_size, planned_world_size(p))
     section = PretrainSection(cfg.model, p, cfg.seed, device, global_batch, custom)
+    if p.init_from is not None:  # keyed by the weights' content, not by where they are
+        from tasks.finetune import init_digests
+
+        init_dir = init_model_dir(p.init_from)
+        section.init_dir, section.init_files = str(init_dir), init_digests(init_dir, ctx.digests)
     return [Planned("pretrain", section, ["encode", "tokenizer"])]
+
+
+# Architecture fields the initial weights must share with `model:` (dropout is training, vocab the tokenizer's).
+INIT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size", "norm", "activation")
+GPT1_SPECIALS_ADDED = 3  # start, delim, extract: rows an imported GPT-2-vocabulary model gets at init
+
+
+def init_model_dir(ref: str) -> Path:
+    """The model directory `pretrain.init_from` names: a model directory or a pretrain stage directory (run ids
+    and models:/ references are resolved to one by the command line). ConfigError says why not."""
+    from gpt.config.fields import ConfigError
+    from gpt.model.config import CONFIG_FILE
+    from tasks.pretrain_job import MODEL_DIR
+
+    path = Path(ref).expanduser().resolve()
+    for candidate in (path, path / MODEL_DIR):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise ConfigError(
+        f"config key 'pretrain.init_from': {ref} is neither a model directory nor a pretrain stage directory"
+    )
+
+
+def check_init_from(cfg: ExperimentConfig) -> None:
+    """Before compute: `pretrain.init_from`'s architecture is `model:`'s and its vocabulary the tokenizer's."""
+    from gpt.config.fields import ConfigError
+    from gpt.data.tokenizer import SPECIALS
+    from gpt.model.config import read_model_config
+
+    if cfg.pretrain.init_from is None:
+        return
+    key = "config key 'pretrain.init_from'"
+    init_dir = init_model_dir(cfg.pretrain.init_from)
+    try:
+        init = read_model_config(init_dir)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    for name in INIT_ARCHITECTURE:
+        if getattr(init, name) != getattr(cfg.model, name):
+            raise ConfigError(
+                f"{key}: {init_dir} has model.{name} {getattr(init, name)!r}, this config {getattr(cfg.model, name)!r}"
+            )
+    tok = cfg.tokenizer
+    vocab = GPT2_VOCAB + len(SPECIALS) - 1 if tok.kind == "gpt2" else tok.vocab_size + len(SPECIALS)
+    if init.vocab_size not in (vocab, vocab - GPT1_SPECIALS_ADDED):
+        raise ConfigError(
+            f"{key}: {init_dir} has a vocabulary of {init.vocab_size} tokens, the tokenizer ({tok.kind}) "
+            f"{vocab}: another vocabulary (set tokenizer: to the one it was trained with)"
+        )
+
+
+GPT2_VOCAB = 50257  # GPT-2's ids, <|endoftext|> included
 
 
 def compute(

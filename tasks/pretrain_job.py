@@ -19,11 +19,13 @@ from gpt.config.secrets import redact_data, reveal_data
 from gpt.downstream.config import CustomTaskConfig
 from gpt.model.config import ModelConfig
 from gpt.train.config import PretrainConfig
-from tasks.definition import STOP_FILE, StageEnv, StageOutput
+from tasks.definition import STOP_FILE, StageEnv, StageOutput, keyed_when_set, location
 from tasks.errors import StageError
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
+
+    from gpt.model.transformer import GPT
 
 MODEL_DIR = "model"
 SAMPLES_FILE = "samples.txt"
@@ -43,6 +45,8 @@ class PretrainSection:
     scored_custom: dict[str, CustomTaskConfig] = observation(
         None, "custom tasks scored zero-shot or probed during pretraining (logged only)", factory=dict
     )
+    init_dir: str | None = location()  # the model directory `pretrain.init_from` resolved to
+    init_files: dict[str, str] = keyed_when_set(dict)  # its files -> sha256: the key holds the weights' content
 
 
 @dataclass
@@ -124,9 +128,17 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
             section.scored_custom,
         )  # fmt: skip
         callbacks.append(probes)
+    init = initial_weights(job, enc.n_vocab)
     try:
         model, result = pretrain(
-            model_config, p, job.encode_dir, job.checkpoints, section.seed, logger=logger, extra_callbacks=callbacks
+            model_config,
+            p,
+            job.encode_dir,
+            job.checkpoints,
+            section.seed,
+            logger=logger,
+            extra_callbacks=callbacks,
+            init_weights=init,
         )
     except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
         raise StageError(str(e)) from None  # the runner prefixes the stage name
@@ -138,3 +150,28 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
     return StageOutput(
         summary=asdict(result), info={"model_config": asdict(model_config)}, artifacts=[MODEL_DIR, SAMPLES_FILE]
     )
+
+
+def initial_weights(job: PretrainJob, vocab_size: int) -> GPT | None:
+    """The GPT `pretrain.init_from` names, grown to the tokenizer's vocabulary; None for a random init.
+
+    StageError when its files changed since planning or its tokenizer is not the pipeline's (same size,
+    other merges): its token ids would mean other text.
+    """
+    from gpt.data.tokenizer import RANKS_FILE
+    from gpt.model.transformer import load_model
+    from gpt.train.finetune import extend_vocab
+    from tasks.content import check_unchanged
+    from tasks.finetune import init_digests
+
+    if job.section.init_dir is None:
+        return None
+    init_dir = Path(job.section.init_dir)
+    check_unchanged(job.section.init_files, init_digests(init_dir, job.env.digest_cache()), job.env.name)
+    ranks = init_dir / RANKS_FILE
+    if ranks.is_file() and ranks.read_bytes() != (job.tokenizer_dir / RANKS_FILE).read_bytes():
+        raise StageError(
+            f"config key 'pretrain.init_from': {init_dir} was trained with another tokenizer than this pipeline's "
+            "(its tokenizer.tiktoken differs); its token ids would mean other text"
+        )
+    return extend_vocab(load_model(init_dir), vocab_size)

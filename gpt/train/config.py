@@ -121,6 +121,12 @@ class PretrainConfig(Section):
     probe_examples: int | None = observation(
         1000, "training examples each probe is fit on (unset: all); scored on the whole dev split", check=at_least(2)
     )
+    init_from: str | None = knob(
+        None,
+        "start from these weights, not a random init: a model directory (e.g. from `gptflow import-hf`), a pretrain "
+        "stage directory, a run id or models:/NAME@ALIAS; keyed by the weights' content, not this reference",
+        role="location",
+    )
     activation_checkpointing: bool = placement(False, "fsdp: recompute each Transformer block in the backward pass")
     launcher: str = placement("", "command prefix starting the training job's ranks, e.g. srun or torchrun ...")
 

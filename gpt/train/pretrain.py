@@ -194,6 +194,24 @@ def checkpoint_callback(cfg: PretrainConfig, ckpt_dir: Path) -> ModelCheckpoint:
     )
 
 
+def copy_weights(source: GPT, target: GPT) -> None:
+    """Every weight of `source` into `target`, the token rows up to `source`'s (padding rows keep their init).
+
+    ValueError when the two differ in architecture or vocabulary.
+    """
+    src, dst = source.config, target.config
+    if src.vocab_size != dst.vocab_size:
+        raise ValueError(
+            f"the initial weights have a vocabulary of {src.vocab_size} tokens, the tokenizer {dst.vocab_size}"
+        )
+    state = source.state_dict()
+    with torch.no_grad():
+        wte = target.wte.weight.detach().clone()
+        wte[: state["wte.weight"].size(0)] = state["wte.weight"][: wte.size(0)]
+        state["wte.weight"] = wte
+    target.load_state_dict(state)
+
+
 def resume_checkpoint(ckpt_dir: Path) -> Path | None:
     """The checkpoint a killed run continues from: `last.ckpt`, else the newest other checkpoint there.
 
@@ -215,10 +233,16 @@ def pretrain(
     seed: int,
     logger: Logger | bool = False,
     extra_callbacks: list[L.Callback] | None = None,
+    init_weights: GPT | None = None,
 ) -> tuple[GPT, PretrainResult]:
-    """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir` (`last.ckpt` resumes)."""
+    """Train (or resume training) a GPT on the shards; checkpoints go to `ckpt_dir` (`last.ckpt` resumes).
+
+    `init_weights`: start from this GPT's weights (same architecture and vocabulary) instead of a random init.
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     module = LMModule(model_config, cfg)
+    if init_weights is not None:
+        copy_weights(init_weights, module.model)
     if cfg.compiles(gpu=torch.cuda.is_available()):
         module.compile_loss()
     data = ShardDataModule(shard_dir, model_config.block_size, cfg.batch_size, cfg.val_batches, seed)
