@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,6 +50,9 @@ class ReportFiles:
     markdown: Path
     html: Path
     plots: list[Path]
+
+
+STEP_ARM = re.compile(r"step\d+")  # the arm of a variant fine-tuned from a kept checkpoint (tasks/variants.py)
 
 
 def environment_tags() -> dict[str, str]:
@@ -327,6 +331,37 @@ def _seed_table(grouped: dict[str, dict[str | None, dict[str, Spread]]], ablatio
     return [Heading("Fine-tuning seeds", 3), Table(header, cells)]
 
 
+def _over_pretraining(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path) -> list[Block]:
+    """Each task's metric fine-tuned from each kept checkpoint (`step<N>` arms and the final weights), and the
+    lm-eval metrics of those checkpoints, against pretraining tokens (GPT-1 Fig. 2, left)."""
+    pre = stages.get("pretrain")
+    try:
+        final_step = int(parent.data.params["pretrain.max_steps"])
+    except (KeyError, ValueError):
+        return []
+    per_step, unit = _tokens_per_step(client, parent, pre) if pre else (1.0, "step")
+    series = []
+    for task, arms in sorted(arm_spreads(parent.data.metrics).items()):
+        steps = {int(a[4:]): m for a, m in arms.items() if a and STEP_ARM.fullmatch(a)}
+        if not steps or None not in arms:
+            continue
+        metric = next(k for k in arms[None] if k not in ("majority_rate", "examples"))
+        points = sorted(
+            [*((s, m[metric].mean) for s, m in steps.items() if metric in m), (final_step, arms[None][metric].mean)]
+        )
+        series.append((f"{task} {metric}", [s * per_step for s, _ in points], [v for _, v in points]))
+    for key in sorted(k for k in parent.data.metrics if k.startswith("lm_eval/")):
+        steps_, values = history(client, parent, key)
+        if len(steps_) > 1:
+            series.append((key, [s * per_step for s in steps_], values))
+    if not series:
+        return []
+    title = "Transfer over pretraining"
+    path = plots.line_plot(out / PLOTS_DIR / "checkpoints.png", series, unit, "score", title)
+    caption = "each task fine-tuned from each kept pretraining checkpoint (mean over seeds), and lm-eval metrics"
+    return [Heading(title, 3), Image(str(path.relative_to(out)), caption)]
+
+
 def _tasks(client: MlflowClient, parent: Run, stages: dict[str, Run], out: Path, tmp: Path) -> list[Block]:
     grouped = arm_spreads(parent.data.metrics)
     if not grouped:
@@ -417,6 +452,7 @@ def build_report(client: MlflowClient, run_id: str, out_dir: Path) -> ReportFile
             *_header(client, parent, stages),
             *_data(client, parent, stages, tmp),
             *_pretraining(client, parent, stages, out_dir, tmp),
+            *_over_pretraining(client, parent, stages, out_dir),
             *_tasks(client, parent, stages, out_dir, tmp),
             *_claims(parent),
         ]

@@ -124,7 +124,7 @@ def key_view(value: Any) -> Any:
     return value
 
 
-def keyed_when_set(factory: Callable[[], Any]) -> Any:
+def keyed_when_set(factory: Callable[[], Any] = lambda: None) -> Any:
     """A section field in the key only when set (non-empty): a later option that leaves every older key as it was."""
     return field(default_factory=factory, metadata={"omit_empty": True})
 

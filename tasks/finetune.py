@@ -18,9 +18,9 @@ from gpt.downstream.config import BuiltinTaskConfig, CustomTaskConfig
 from gpt.model.config import ModelConfig, read_model_config
 from gpt.train.config import FinetuneConfig
 from tasks.content import ContentError, DigestCache, check_unchanged
-from tasks.definition import STOP_FILE, PlanContext, Planned, StageDef, StageEnv, StageOutput, location
+from tasks.definition import STOP_FILE, PlanContext, Planned, StageDef, StageEnv, StageOutput, keyed_when_set, location
 from tasks.placement import device_kind
-from tasks.pretrain_job import CHECKPOINTS_DIR, MODEL_DIR
+from tasks.pretrain_job import CHECKPOINTS_DIR, MODEL_DIR, kept_model_dir
 from tasks.variants import Variant, recipe, variants
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class FinetuneSection:
     model: ModelConfig | None = None  # the architecture, when starting from scratch
     init_dir: str | None = location()  # the model directory, when `recipe.init` is `model_dir`
     init_files: dict[str, str] = field(default_factory=dict)  # its files -> sha256
+    pretrain_step: int | None = keyed_when_set()  # pretrained: the kept checkpoint (models/step-N) it starts from
 
 
 def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache, splits: tuple[str, ...]) -> TaskInput:
@@ -118,6 +119,8 @@ def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCac
     device = device_kind("auto")  # fine-tuning trains on whatever this machine has
     precision = cfg.pretrain.resolved_precision(gpu=device == "gpu")
     section = FinetuneSection(task, r, seed, cfg.seed, precision, device)
+    if r.init == "pretrained":
+        section.pretrain_step = variant.step
     if r.init == "scratch":
         section.model = cfg.model
     elif r.init != "pretrained":  # a model directory: keyed by its content, not its path
@@ -164,7 +167,8 @@ def initial_gpt(section: FinetuneSection, inputs: dict[str, Path], vocab_size: i
 
     init = section.recipe.init
     if init == "pretrained":
-        return load_model(inputs["pretrain"] / MODEL_DIR)
+        step = section.pretrain_step
+        return load_model(inputs["pretrain"] / (MODEL_DIR if step is None else kept_model_dir(step)))
     if init == "scratch":
         assert section.model is not None
         torch.manual_seed(section.seed)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config.experiment import ExperimentConfig
+from gpt.config.fields import observation
 from gpt.downstream.harness_config import HarnessConfig
 from tasks.content import DigestCache, check_unchanged
-from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
-from tasks.pretrain_job import MODEL_DIR
+from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput, keyed_when_set
+from tasks.pretrain_job import MODEL_DIR, kept_model_dir
 
 RESULTS_FILE = "results.json"
 METRIC_PREFIX = "lm_eval/"
@@ -33,18 +34,26 @@ class LmEvalSection:
     files: dict[str, str]  # include_path's files and the local data files its YAMLs name -> sha256
     mirrored: dict[str, str]  # a task whose data gptflow supplies -> that file's sha256
     seed: int
+    pretrain_step: int | None = keyed_when_set()  # a kept checkpoint (models/step-N); None: the final weights
+    at_step: int = observation(0, "the pretraining step of the weights evaluated: the parent run's metric step")
 
 
 def plan_lm_eval(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
-    """One `lm_eval` stage on the pretrained model when `harness.tasks` names any task."""
+    """When `harness.tasks` names any task: one `lm_eval` stage on the final weights, and one `lm_eval[stepN]` on
+    each kept checkpoint that `finetune.from_checkpoints` fine-tunes from."""
     from gpt.downstream.harness_tasks import MIRRORED
 
     h = cfg.harness
     if not h.tasks:
         return []
     mirrored = {n: MIRRORED[n].remote.sha256 for n in h.tasks if n in MIRRORED}
-    section = LmEvalSection(h, version("lm_eval"), include_files(h.include_path, ctx.digests), mirrored, cfg.seed)
-    return [Planned("lm_eval", section, ["pretrain"])]
+    files = include_files(h.include_path, ctx.digests)
+    out = []
+    # the kept checkpoints fine-tuned from (finetune.from_checkpoints), then the final weights
+    for step in sorted(s for s in cfg.finetune.checkpoint_steps() if s is not None) + [None]:
+        section = LmEvalSection(h, version("lm_eval"), files, mirrored, cfg.seed, step, step or cfg.pretrain.max_steps)
+        out.append(Planned("lm_eval" if step is None else f"lm_eval[step{step}]", section, ["pretrain"]))
+    return out
 
 
 def check_harness(cfg: ExperimentConfig) -> None:
@@ -101,7 +110,9 @@ def compute(section: LmEvalSection, inputs: dict[str, Path], out: Path, env: Sta
 
     h = section.harness
     check_unchanged(section.files, include_files(h.include_path, env.digest_cache()), env.name)
-    model_dir = inputs["pretrain"] / MODEL_DIR
+    model_dir = inputs["pretrain"] / (
+        MODEL_DIR if section.pretrain_step is None else kept_model_dir(section.pretrain_step)
+    )
     model = HarnessLM(load_model(model_dir), load_tokenizer(model_dir), h.batch_size)
     specs, manager = harness_task_specs(h.tasks, env.cache_dir, h.include_path)
     results = lm_eval.simple_evaluate(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from gpt.config.experiment import ExperimentConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 from tasks.errors import StageError
-from tasks.pretrain_job import MODEL_DIR, PretrainJob, PretrainSection, train
+from tasks.pretrain_job import KEPT_MODELS_DIR, MODEL_DIR, PretrainJob, PretrainSection, train
 from tasks.pretrain_worker import needs_worker, run_worker
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ DEFINITION = StageDef(
     doc="a GPT trained as a language model by a Lightning Trainer",
     instances=plan_pretrain,
     compute=compute,
-    outputs=(f"{MODEL_DIR}/*",),
+    outputs=(f"{MODEL_DIR}/*", f"{KEPT_MODELS_DIR}/*/*"),
     resumable=True,
     registers=True,
 )

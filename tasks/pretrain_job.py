@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gpt.model.transformer import GPT
 
 MODEL_DIR = "model"
+KEPT_MODELS_DIR = "models"  # models/step-N: the weights at the steps `pretrain.keep_models` names
 SAMPLES_FILE = "samples.txt"
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -85,6 +86,21 @@ class PretrainJob:
         )
 
 
+def kept_model_dir(step: int) -> str:
+    """Where the pretrain stage keeps the weights of step `step` (`pretrain.keep_models`), relative to it."""
+    return f"{KEPT_MODELS_DIR}/step-{step}"
+
+
+def save_model_dir(model: GPT, tokenizer_dir: Path, out: Path) -> None:
+    """A model directory usable on its own: weights, config and the tokenizer files."""
+    from gpt.data.tokenizer import META_FILE, RANKS_FILE
+    from gpt.model.transformer import save_model
+
+    save_model(model, out)
+    for name in (RANKS_FILE, META_FILE):
+        shutil.copy2(tokenizer_dir / name, out / name)
+
+
 def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> StageOutput:
     """Train (resuming from the newest intact checkpoint); rank 0 writes model/ and samples.txt.
 
@@ -92,8 +108,7 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from gpt.data.tokenizer import META_FILE, RANKS_FILE, load_tokenizer
-    from gpt.model.transformer import save_model
+    from gpt.data.tokenizer import load_tokenizer
     from gpt.train.callbacks import StopWhenFileAppears
     from gpt.train.pretrain import pretrain
     from gpt.train.samples import SampleCallback, sample_text
@@ -113,6 +128,14 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
         StopWhenFileAppears(job.out / STOP_FILE),  # the lease was lost (tasks/lease.py)
         *(extra_callbacks or []),
     ]
+    if p.keep_models:  # the weights at those steps, as model directories (finetune.from_checkpoints)
+        from gpt.train.callbacks import AtSteps
+
+        callbacks.append(
+            AtSteps(
+                p.keep_models, lambda step, gpt: save_model_dir(gpt, job.tokenizer_dir, job.out / kept_model_dir(step))
+            )
+        )
     if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
         from gpt.downstream.zeroshot import zeroshot_callback
 
@@ -143,12 +166,12 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
     except FloatingPointError as e:  # a diverged run: one line for the user, checkpoints kept
         raise StageError(str(e)) from None  # the runner prefixes the stage name
     if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by lightning at import; its stub (a function) lacks it
-        save_model(model, job.out / MODEL_DIR)
-        for name in (RANKS_FILE, META_FILE):
-            shutil.copy2(job.tokenizer_dir / name, job.out / MODEL_DIR / name)
+        save_model_dir(model, job.tokenizer_dir, job.out / MODEL_DIR)
         (job.out / SAMPLES_FILE).write_text(sample_text(model, enc, p.sample_tokens, section.seed))
     return StageOutput(
-        summary=asdict(result), info={"model_config": asdict(model_config)}, artifacts=[MODEL_DIR, SAMPLES_FILE]
+        summary=asdict(result),
+        info={"model_config": asdict(model_config)},
+        artifacts=[MODEL_DIR, SAMPLES_FILE, *([KEPT_MODELS_DIR] if p.keep_models else [])],
     )
 
 

@@ -152,8 +152,10 @@ class Tracker:
         # lm_eval's metrics are already named lm_eval/<task>/<metric>
         evaluated = stage.variant if stage.kind == "evaluate" else None
         prefix = evaluated.name if evaluated else stage.name.replace("[", ".").rstrip("]")
-        named = {k if stage.kind == "lm_eval" else f"{prefix}.{k}": v for k, v in summary.items()}
-        self.log_metrics(self.parent_id, named)
+        if stage.kind == "lm_eval":  # at the step of the weights evaluated: checkpoints make a curve
+            self.log_metrics(self.parent_id, summary, step=getattr(stage.section, "at_step", 0))
+        else:
+            self.log_metrics(self.parent_id, {f"{prefix}.{k}": v for k, v in summary.items()})
         self.client.set_terminated(run_id, "FINISHED")
 
     def fail(self, run_id: str, error: BaseException | str, status: str = "FAILED") -> None:

@@ -29,23 +29,29 @@ class Variant:
     task: str
     ablation: str | None = None
     seed: int | None = None  # None: the experiment's seed
+    step: int | None = None  # the pretraining checkpoint fine-tuned from; None: the final weights
 
     @property
     def name(self) -> str:
-        """`task[-ablation][-seedN]`."""
-        return "-".join([self.task, *([self.ablation] if self.ablation else []), *self._seed_part()])
+        """`task[-stepN][-ablation][-seedN]`."""
+        step = [f"step{self.step}"] if self.step is not None else []
+        return "-".join([self.task, *step, *([self.ablation] if self.ablation else []), *self._seed_part()])
 
     def _seed_part(self) -> list[str]:
         return [f"seed{self.seed}"] if self.seed is not None else []
 
 
 def variants(cfg: ExperimentConfig) -> list[Variant]:
-    """Every task × (no ablation + each configured ablation) × each of `finetune.seeds` (or the run's seed)."""
+    """Every task × pretraining checkpoint (`finetune.from_checkpoints`; `no_pretraining` starts from none)
+    × (no ablation + each configured ablation) × each of `finetune.seeds` (or the run's seed)."""
     seeds: list[int | None] = list(cfg.finetune.seeds) if cfg.finetune.seeds else [None]
+    steps = cfg.finetune.checkpoint_steps()
     return [
-        Variant(task, ablation, seed)
+        Variant(task, ablation, seed, step)
         for task in cfg.finetune.tasks
+        for step in steps
         for ablation in [None, *cfg.ablations]
+        if step is None or ablation != "no_pretraining"
         for seed in seeds
     ]
 
@@ -56,7 +62,7 @@ def recipe(cfg: ExperimentConfig, variant: Variant) -> FinetuneConfig:
     override = ft.per_task.get(variant.task)
     changes: dict[str, Any] = {k: v for k, v in asdict(override).items() if v is not None} if override else {}
     changes.update(ABLATIONS[variant.ablation] if variant.ablation else {})
-    return replace(ft, **changes, tasks=[variant.task], seeds=None, per_task={})
+    return replace(ft, **changes, tasks=[variant.task], seeds=None, per_task={}, from_checkpoints=[])
 
 
 def check_task_inputs(cfg: ExperimentConfig) -> None:
@@ -98,6 +104,7 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
                 f"config key 'pretrain.probe_tasks[{i}]': {name!r} has no linear-probe form "
                 "(classification, entailment, similarity classes or two-answer multiple choice have)"
             )
+    check_checkpoints(cfg)
     init = cfg.finetune.init
     if init not in ("pretrained", "scratch"):
         try:
@@ -106,3 +113,20 @@ def check_task_inputs(cfg: ExperimentConfig) -> None:
             raise ConfigError(
                 f"config key 'finetune.init' must be pretrained | scratch | a model directory, got {init!r} ({e})"
             ) from None
+
+
+def check_checkpoints(cfg: ExperimentConfig) -> None:
+    """`finetune.from_checkpoints` names steps pretraining keeps (`pretrain.keep_models`), and fine-tuning
+    starts from the pipeline's pretraining."""
+    ft = cfg.finetune
+    if not ft.from_checkpoints:
+        return
+    if ft.init != "pretrained":
+        raise ConfigError(f"config key 'finetune.from_checkpoints' needs finetune.init: pretrained, not {ft.init!r}")
+    kept = cfg.pretrain.keep_models
+    for i, step in enumerate(ft.checkpoint_steps()):
+        if step is not None and step not in kept:
+            raise ConfigError(
+                f"config key 'finetune.from_checkpoints[{i}]': step {step} is not kept "
+                f"(pretrain.keep_models: {kept}); add it there"
+            )

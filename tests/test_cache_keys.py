@@ -30,6 +30,7 @@ BASE = [
     "finetune.per_task={sst2: {lr: 0.001}}",
     "pretrain.zeroshot_tasks=[sst2]",
     "pretrain.tokens_per_step=8192",  # a fixed global batch: devices and nodes only spread it (4 x 8 x 256 tokens)
+    "harness.tasks=[storycloze_2016]",
 ]
 
 # Values for leaves a generic change (+1, x0.5, not) would make invalid or leave meaningless.
@@ -42,6 +43,10 @@ NEW_VALUE: dict[str, object] = {
     "notify.urls": ["json://127.0.0.1:9/hook"],
     "notify.on": ["failure", "finish"],
     "corpus.source": "gutenberg",
+    "pretrain.keep_models": [10],
+    "finetune.from_checkpoints": ["10", "last"],
+    "harness.tasks": ["storycloze_2016", "lambada_openai"],
+    "harness.limit": 10,
     "corpus.sources": [{"source": "tinyshakespeare", "weight": 1.0}],
     "corpus.max_bytes": 100_000,
     "tokenizer.kind": "gpt2",
@@ -118,6 +123,8 @@ SKIP = {
     "tasks.reviews.score_range",  # excludes `labels`
     "tasks.reviews.test",
     "claims",  # needs an ablation to compare with; tests/test_claims.py checks claims change no stage key
+    "pretrain.init_from",  # weights' content is what counts: tests/test_init_from.py moves and edits them
+    "harness.include_path",  # its files' content is what counts: tests/test_harness.py edits a task YAML
 }
 
 
@@ -218,6 +225,7 @@ def test_observation_and_placement_keys_are_the_documented_ones():
         "pretrain.num_nodes",
         "pretrain.launcher",
         "pretrain.activation_checkpointing",
+        "harness.batch_size",
         "fanout.runner",
         "fanout.max_concurrency",
         "fanout.address",

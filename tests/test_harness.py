@@ -111,3 +111,24 @@ def test_unknown_task_and_unreachable_data_name_the_key(tmp_path):
     cfg = load_config(MICRO, [f"harness.include_path={tmp_path / 'nope'}", "harness.tasks=[x]"])
     with pytest.raises(ConfigError, match="harness.include_path.*not a folder"):
         check_harness(cfg)
+
+
+def test_the_key_holds_the_content_of_include_path_and_its_data_files(tmp_path):
+    from tasks.plan import build_plan
+
+    tasks_dir, data = tmp_path / "lm_tasks", tmp_path / "data.jsonl"
+    tasks_dir.mkdir()
+    data.write_text('{"context": "a", "choices": [" b", " c"], "label": 0}\n')
+    yaml_file = tasks_dir / "tiny.yaml"
+    yaml_file.write_text(f"task: tiny\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n")
+    cfg = load_config(MICRO, [f"harness.include_path={tasks_dir}", "harness.tasks=[tiny]"])
+
+    def digest() -> str:
+        (stage,) = [s for s in build_plan(cfg, tmp_path / "artifacts") if s.name == "lm_eval"]
+        return stage.section_digest()
+
+    first = digest()
+    data.write_text('{"context": "a", "choices": [" b", " c"], "label": 1}\n')  # the data file, outside the folder
+    second = digest()
+    yaml_file.write_text(yaml_file.read_text() + "num_fewshot: 0\n")
+    assert len({first, second, digest()}) == 3

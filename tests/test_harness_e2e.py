@@ -1,6 +1,7 @@
-"""The `lm_eval` stage end to end on the micro pipeline (slow): the mirror's Story Cloze and a local YAML task,
-metrics in MLflow on the stage and the parent, cached on rerun, and gptflow's zero-shot scorer agreeing with
-lm-eval's choice on every story."""
+"""The `lm_eval` stage and the checkpoint matrix end to end on the micro pipeline (slow): the mirror's Story Cloze
+and a local YAML task, metrics in MLflow on the stage and the parent, a task fine-tuned and lm-eval run from a
+kept checkpoint and from the final weights, everything cached on rerun, and gptflow's zero-shot scorer agreeing
+with lm-eval's choice on every story."""
 
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def harness_run(tmp_path_factory):
         f"harness.limit={LIMIT}",
         "finetune.tasks=[sst2]",
         "finetune.max_examples=32",
+        "pretrain.keep_models=[20]",
+        "finetune.from_checkpoints=[20, last]",
     ]
     argv = ["run", "--config", str(MICRO), "--workspace", str(ws), *[a for s in sets for a in ("--set", s)]]
     runs = []
@@ -85,14 +88,28 @@ def test_metrics_land_on_the_stage_and_the_parent(harness_run):
         assert parent.data.metrics[name] == stage.data.metrics[name]
 
 
-def test_a_rerun_reuses_the_stage(harness_run):
+def test_a_rerun_reuses_every_stage_of_the_checkpoint_matrix(harness_run):
     _, _, [(_, first), (_, second)] = harness_run
-    assert first["lm_eval"].data.tags["cached"] == "false"
-    assert second["lm_eval"].data.tags["cached"] == "true"
+    matrix = {"lm_eval", "lm_eval[step20]", "finetune[sst2]", "finetune[sst2-step20]", "evaluate[sst2-step20]"}
+    assert matrix <= set(first) and set(first) == set(second)
+    assert all(first[name].data.tags["cached"] == "false" for name in matrix)
+    assert all(run.data.tags["cached"] == "true" for name, run in second.items() if name != "report")
 
 
-def stage_dir(ws: Path, kind: str) -> Path:
-    return next(p for p in (ws / "artifacts" / kind).iterdir() if p.is_dir() and not p.name.endswith(".partial"))
+def test_checkpoint_metrics_make_curves_over_pretraining(harness_run):
+    ws, _, [(parent, _), _] = harness_run
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    history = client.get_metric_history(parent.info.run_id, "lm_eval/storycloze_2016/acc")
+    assert sorted(m.step for m in history) == [20, 40]  # the kept checkpoint and the final weights (max_steps)
+    assert "sst2-step20.accuracy" in parent.data.metrics
+    assert (stage_dir(ws, "pretrain") / "models" / "step-20" / "model.safetensors").is_file()
+    assert (stage_dir(ws, "report") / "plots" / "checkpoints.png").is_file()
+
+
+def stage_dir(ws: Path, kind: str, name: str | None = None) -> Path:
+    """The committed directory of stage `name` (default: `kind`) under the workspace's artifacts."""
+    dirs = [p for p in (ws / "artifacts" / kind).iterdir() if p.is_dir() and not p.name.endswith(".partial")]
+    return next(p for p in dirs if json.loads((p / "manifest.json").read_text())["stage"] == (name or kind))
 
 
 def test_gptflow_zero_shot_with_the_sum_rule_picks_lm_evals_ending_on_every_story(harness_run, tmp_path):

@@ -56,13 +56,15 @@ def knob(
     role: str | None = None,
     factory: Callable[[], Any] | None = None,
     secret: bool = False,
+    keyed_when_set: bool = False,
 ) -> Any:
     """A config field: its default (or `factory`), its doc, its check and its role, in one place.
 
     `secret`: its values are credentials (a webhook URL's path is its token), never logged or shown in
-    full (gpt/config/secrets.py).
+    full (gpt/config/secrets.py). `keyed_when_set`: a stage key holds it only when it is set (non-empty), so
+    adding the option leaves every existing key as it was.
     """
-    metadata = {"doc": doc, "check": check, "role": role, "secret": secret}
+    metadata = {"doc": doc, "check": check, "role": role, "secret": secret, "omit_empty": keyed_when_set}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)

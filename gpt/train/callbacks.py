@@ -99,3 +99,22 @@ class ScoresAtValidation(L.Callback):
         for name, data in self.named:
             pl_module.log(f"{self.prefix}/{name}", self.score(model, data))
         model.train(was_training)
+
+
+class AtSteps(L.Callback):
+    """Calls `action(step, gpt)` on rank 0 once the optimizer step `step` is done, for each of `steps`.
+
+    What pretraining keeps of chosen steps (model directories): a resumed run redoes the steps it lost, and
+    with them their actions, which overwrite with the same weights.
+    """
+
+    def __init__(self, steps: list[int], action: Callable[[int, Any], None]):
+        self.steps = set(steps)
+        self.action = action
+        self.done: set[int] = set()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        step = trainer.global_step
+        if step in self.steps and step not in self.done and trainer.is_global_zero:
+            self.action(step, pl_module.model)
+            self.done.add(step)

@@ -121,6 +121,13 @@ class PretrainConfig(Section):
     probe_examples: int | None = observation(
         1000, "training examples each probe is fit on (unset: all); scored on the whole dev split", check=at_least(2)
     )
+    keep_models: list[int] = knob(
+        None,
+        "steps whose weights are kept as model directories (models/step-N: safetensors), e.g. to fine-tune from "
+        "them (finetune.from_checkpoints); they live as long as the stage does",
+        factory=list,
+        keyed_when_set=True,
+    )
     init_from: str | None = knob(
         None,
         "start from these weights, not a random init: a model directory (e.g. from `gptflow import-hf`), a pretrain "
@@ -133,6 +140,9 @@ class PretrainConfig(Section):
     def check(self) -> None:
         if self.strategy.startswith(("fsdp", "deepspeed")) and self.accelerator == "cpu":
             raise FieldError("strategy", f"({self.strategy}) needs a GPU; accelerator is 'cpu'")
+        bad = next((s for s in self.keep_models if not 1 <= s <= self.max_steps), None)
+        if bad is not None:
+            raise FieldError("keep_models", f"has step {bad}, outside 1..max_steps ({self.max_steps})")
 
     def accumulation(self, block_size: int, world_size: int = 1) -> int:
         """Micro-batches per optimizer step so a step sees about `tokens_per_step` tokens on all ranks (1: unset)."""
@@ -200,6 +210,19 @@ class FinetuneConfig(Section):
         50, "optimizer steps between mid-stage checkpoints (exact resume after a kill)", check=at_least(1)
     )
     seeds: list[int] | None = knob(None, "fine-tune (and evaluate) each task once per seed", check=NON_EMPTY)
+    from_checkpoints: list[str] = knob(
+        None,
+        "fine-tune (and evaluate) each task from each of these pretraining steps (kept by pretrain.keep_models) "
+        "and `last` (the final weights), e.g. [200, 400, last]; empty: the final weights only",
+        factory=list,
+        check=Check(lambda v: all(s == "last" or s.isdigit() for s in v), "a list of steps and `last`"),
+        keyed_when_set=True,
+    )
+
+    def checkpoint_steps(self) -> list[int | None]:
+        """`from_checkpoints` as pretraining steps, None for the final weights (also when it is empty)."""
+        return [None if s == "last" else int(s) for s in self.from_checkpoints] or [None]
+
     per_task: dict[str, FinetuneOverrides] = knob(  # type: ignore[valid-type]
         doc="task name -> recipe overrides (any of the recipe keys)", factory=dict
     )
