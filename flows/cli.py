@@ -176,16 +176,22 @@ def _load(args: argparse.Namespace, ws: Workspace) -> ExperimentConfig:
 
 
 def resolve_init_from(cfg: ExperimentConfig, ws: Workspace) -> ExperimentConfig:
-    """`pretrain.init_from` given as a run id or models:/NAME@ALIAS, as the model directory it names in `ws`."""
-    ref = cfg.pretrain.init_from
-    if ref is None or Path(ref).expanduser().exists():
-        return cfg
+    """`pretrain.init_from` (a run id or models:/NAME@ALIAS) as the model directory it names in `ws`, and
+    `pretrain.resume_from` (a run id) as its pretrain stage directory."""
     from dataclasses import replace
 
     from flows.model_ref import resolve_model_dir
+    from tasks.pretrain_job import MODEL_DIR
 
-    model_dir = resolve_model_dir(ref, ws, key="config key 'pretrain.init_from'")
-    return replace(cfg, pretrain=replace(cfg.pretrain, init_from=str(model_dir)))
+    p = cfg.pretrain
+    for field in ("init_from", "resume_from"):
+        ref = getattr(p, field)
+        if ref is None or Path(ref).expanduser().exists():
+            continue
+        model_dir = resolve_model_dir(ref, ws, key=f"config key 'pretrain.{field}'")
+        resolved = model_dir.parent if field == "resume_from" and model_dir.name == MODEL_DIR else model_dir
+        p = replace(p, **{field: str(resolved)})
+    return replace(cfg, pretrain=p)
 
 
 def cmd_run(args: argparse.Namespace, ws: Workspace) -> int:

@@ -8,11 +8,13 @@ multi-process jobs run it through tasks/pretrain_worker.py.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpt.config.experiment import ExperimentConfig
+from gpt.train.config import PretrainConfig
 from tasks.definition import PlanContext, Planned, StageDef, StageEnv, StageOutput
 from tasks.errors import StageError
 from tasks.pretrain_job import KEPT_MODELS_DIR, MODEL_DIR, PretrainJob, PretrainSection, train
@@ -37,6 +39,11 @@ def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
     custom = {n: cfg.tasks[n] for n in [*p.zeroshot_tasks, *p.probe_tasks] if n in cfg.tasks}
     global_batch = p.global_batch(cfg.model.block_size, planned_world_size(p))
     section = PretrainSection(cfg.model, p, cfg.seed, device, global_batch, custom)
+    if p.resume_from is not None:  # keyed by the checkpoint it continues, not by where it is
+        from tasks.pretrain_job import resume_digests
+
+        ckpt = resume_point(p)
+        section.resume_ckpt, section.resume_files = str(ckpt), resume_digests(ckpt, ctx.digests)
     if p.init_from is not None:  # keyed by the weights' content, not by where they are
         from tasks.finetune import init_digests
 
@@ -67,34 +74,74 @@ def init_model_dir(ref: str) -> Path:
 
 
 def check_init_from(cfg: ExperimentConfig) -> None:
-    """Before compute: `pretrain.init_from`'s architecture is `model:`'s and its vocabulary the tokenizer's."""
+    """Before compute: the weights `pretrain.init_from` or `pretrain.resume_from` start from have `model:`'s
+    architecture and the tokenizer's vocabulary, and a run to continue has a checkpoint to continue from."""
+    p = cfg.pretrain
+    if p.resume_from is not None:
+        resume_point(p)
+        check_architecture(Path(p.resume_from).expanduser() / "model", cfg, "config key 'pretrain.resume_from'")
+    if p.init_from is not None:
+        check_architecture(init_model_dir(p.init_from), cfg, "config key 'pretrain.init_from'")
+
+
+def check_architecture(model_dir: Path, cfg: ExperimentConfig, key: str) -> None:
+    """ConfigError naming `key` when the model in `model_dir` differs from `model:` or the tokenizer's vocabulary."""
     from gpt.config.fields import ConfigError
     from gpt.data.tokenizer import SPECIALS
     from gpt.model.config import read_model_config
 
-    if cfg.pretrain.init_from is None:
-        return
-    key = "config key 'pretrain.init_from'"
-    init_dir = init_model_dir(cfg.pretrain.init_from)
     try:
-        init = read_model_config(init_dir)
+        init = read_model_config(model_dir)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
     for name in INIT_ARCHITECTURE:
         if getattr(init, name) != getattr(cfg.model, name):
             raise ConfigError(
-                f"{key}: {init_dir} has model.{name} {getattr(init, name)!r}, this config {getattr(cfg.model, name)!r}"
+                f"{key}: {model_dir} has model.{name} {getattr(init, name)!r}, this config {getattr(cfg.model, name)!r}"
             )
     tok = cfg.tokenizer
     vocab = GPT2_VOCAB + len(SPECIALS) - 1 if tok.kind == "gpt2" else tok.vocab_size + len(SPECIALS)
     if init.vocab_size not in (vocab, vocab - GPT1_SPECIALS_ADDED):
         raise ConfigError(
-            f"{key}: {init_dir} has a vocabulary of {init.vocab_size} tokens, the tokenizer ({tok.kind}) "
+            f"{key}: {model_dir} has a vocabulary of {init.vocab_size} tokens, the tokenizer ({tok.kind}) "
             f"{vocab}: another vocabulary (set tokenizer: to the one it was trained with)"
         )
 
 
 GPT2_VOCAB = 50257  # GPT-2's ids, <|endoftext|> included
+
+
+def resume_point(p: PretrainConfig) -> Path:
+    """The checkpoint `pretrain.resume_from` continues from: with wsd, the finished run's cooldown start
+    (`stable.ckpt`), so the extension is the longer run itself; else its final `last.ckpt`. ConfigError says why
+    there is none."""
+    from gpt.config.fields import ConfigError
+    from gpt.train.pretrain import LAST_CKPT, STABLE_CKPT, STABLE_STEP_FILE
+    from tasks.pretrain_job import CHECKPOINTS_DIR
+
+    assert p.resume_from is not None
+    key = "config key 'pretrain.resume_from'"
+    stage = Path(p.resume_from).expanduser().resolve()
+    ckpts = stage / CHECKPOINTS_DIR
+    manifest = stage / "manifest.json"
+    if not manifest.is_file() or json.loads(manifest.read_text()).get("kind") != "pretrain":
+        raise ConfigError(f"{key}: {p.resume_from} is not a finished pretrain stage directory")
+    done = int(json.loads(manifest.read_text())["summary"]["steps"])
+    stable = ckpts / STABLE_STEP_FILE
+    if p.schedule == "wsd" and stable.is_file():
+        step, ckpt = int(json.loads(stable.read_text())["step"]), ckpts / STABLE_CKPT
+        if step > p.max_steps - p.cooldown():
+            raise ConfigError(
+                f"{key}: its cooldown began at step {step}, after this run's ({p.max_steps - p.cooldown()}): "
+                "raise pretrain.max_steps or shorten pretrain.cooldown_steps"
+            )
+    else:
+        step, ckpt = done, ckpts / LAST_CKPT
+    if step >= p.max_steps:
+        raise ConfigError(f"{key}: it already trained {step} steps; pretrain.max_steps ({p.max_steps}) must be more")
+    if not ckpt.is_file():
+        raise ConfigError(f"{key}: {ckpt} is missing (a stage from before checkpoints were kept?)")
+    return ckpt
 
 
 def compute(

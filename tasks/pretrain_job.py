@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpt.config.fields import observation
 from gpt.config.loader import from_dict
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lightning.pytorch import Callback
 
     from gpt.model.transformer import GPT
+    from tasks.content import DigestCache
 
 MODEL_DIR = "model"
 KEPT_MODELS_DIR = "models"  # models/step-N: the weights at the steps `pretrain.keep_models` names
@@ -48,6 +49,8 @@ class PretrainSection:
     )
     init_dir: str | None = location()  # the model directory `pretrain.init_from` resolved to
     init_files: dict[str, str] = keyed_when_set(dict)  # its files -> sha256: the key holds the weights' content
+    resume_ckpt: str | None = location()  # the finished pretraining's checkpoint `pretrain.resume_from` continues
+    resume_files: dict[str, str] = keyed_when_set(dict)  # that checkpoint (and its step-0 val loss) -> sha256
 
 
 @dataclass
@@ -131,11 +134,10 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
     if p.keep_models:  # the weights at those steps, as model directories (finetune.from_checkpoints)
         from gpt.train.callbacks import AtSteps
 
-        callbacks.append(
-            AtSteps(
-                p.keep_models, lambda step, gpt: save_model_dir(gpt, job.tokenizer_dir, job.out / kept_model_dir(step))
-            )
-        )
+        def keep(step: int, trainer: Any) -> None:
+            save_model_dir(trainer.lightning_module.model, job.tokenizer_dir, job.out / kept_model_dir(step))
+
+        callbacks.append(AtSteps(p.keep_models, keep))
     if p.zeroshot_tasks:  # GPT-1 Fig. 2: zero-shot task scores logged at every validation
         from gpt.downstream.zeroshot import zeroshot_callback
 
@@ -152,6 +154,7 @@ def train(job: PretrainJob, extra_callbacks: list[Callback] | None = None) -> St
         )  # fmt: skip
         callbacks.append(probes)
     init = initial_weights(job, enc.n_vocab)
+    start_from_finished(job)
     try:
         model, result = pretrain(
             model_config,
@@ -198,3 +201,29 @@ def initial_weights(job: PretrainJob, vocab_size: int) -> GPT | None:
             "(its tokenizer.tiktoken differs); its token ids would mean other text"
         )
     return extend_vocab(load_model(init_dir), vocab_size)
+
+
+def start_from_finished(job: PretrainJob) -> None:
+    """Seed this stage's checkpoints with the finished pretraining's (`pretrain.resume_from`), once: training then
+    resumes from it as from its own, optimizer, schedule position and RNG states included."""
+    from gpt.train.pretrain import INITIAL_VAL_FILE, LAST_CKPT, resume_checkpoint
+    from tasks.content import check_unchanged
+
+    section = job.section
+    if section.resume_ckpt is None or resume_checkpoint(job.checkpoints) is not None:
+        return  # a fresh stage, or this stage's own checkpoints already continue it
+    ckpt = Path(section.resume_ckpt)
+    check_unchanged(section.resume_files, resume_digests(ckpt, job.env.digest_cache()), job.env.name)
+    job.checkpoints.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ckpt.with_name(INITIAL_VAL_FILE), job.checkpoints / INITIAL_VAL_FILE)
+    shutil.copy2(ckpt, job.checkpoints / f"{LAST_CKPT}.tmp")
+    (job.checkpoints / f"{LAST_CKPT}.tmp").replace(job.checkpoints / LAST_CKPT)
+
+
+def resume_digests(ckpt: Path, digests: DigestCache) -> dict[str, str]:
+    """sha256 of a finished pretraining's checkpoint and of its step-0 val loss, by file name: what a
+    continuation's key holds of where it starts."""
+    from gpt.train.pretrain import INITIAL_VAL_FILE
+
+    files = [ckpt, ckpt.with_name(INITIAL_VAL_FILE)]
+    return {p.name: d for p, d in zip(files, digests.files(files, str(ckpt.parent)).values(), strict=True)}

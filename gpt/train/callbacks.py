@@ -102,13 +102,13 @@ class ScoresAtValidation(L.Callback):
 
 
 class AtSteps(L.Callback):
-    """Calls `action(step, gpt)` on rank 0 once the optimizer step `step` is done, for each of `steps`.
+    """Calls `action(step, trainer)` on rank 0 once the optimizer step `step` is done, for each of `steps`.
 
-    What pretraining keeps of chosen steps (model directories): a resumed run redoes the steps it lost, and
-    with them their actions, which overwrite with the same weights.
+    What pretraining keeps of chosen steps (model directories, the wsd cooldown's start): a resumed run redoes
+    the steps it lost, and with them their actions, which overwrite with the same state.
     """
 
-    def __init__(self, steps: list[int], action: Callable[[int, Any], None]):
+    def __init__(self, steps: list[int], action: Callable[[int, L.Trainer], None]):
         self.steps = set(steps)
         self.action = action
         self.done: set[int] = set()
@@ -116,5 +116,5 @@ class AtSteps(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         step = trainer.global_step
         if step in self.steps and step not in self.done and trainer.is_global_zero:
-            self.action(step, pl_module.model)
+            self.action(step, trainer)
             self.done.add(step)

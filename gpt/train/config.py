@@ -102,7 +102,14 @@ class PretrainConfig(Section):
     sample_tokens: int = observation(
         48, "length of the continuations sampled at validations and at the end", check=at_least(1)
     )
-    schedule: Literal["cosine", "linear"] = knob("cosine", "after warmup: cosine to min_lr_ratio, or linear to 0")
+    schedule: Literal["cosine", "linear", "wsd"] = knob(
+        "cosine",
+        "after warmup: cosine to min_lr_ratio, linear to 0, or wsd: constant, then linear to min_lr_ratio over the "
+        "last cooldown_steps (extendable: see pretrain.resume_from)",
+    )
+    cooldown_steps: int | None = knob(
+        None, "wsd: steps of the final decay (unset: 20% of max_steps)", check=at_least(1), keyed_when_set=True
+    )
     tokens_per_step: int | None = knob(
         None, "accumulate gradients to about this many tokens per optimizer step", check=at_least(1)
     )
@@ -128,6 +135,12 @@ class PretrainConfig(Section):
         factory=list,
         keyed_when_set=True,
     )
+    resume_from: str | None = knob(
+        None,
+        "continue a finished pretraining (a pretrain stage directory or run id) to max_steps: its optimizer, "
+        "schedule position and data order carry on; wsd resumes from the start of its cooldown",
+        role="location",
+    )
     init_from: str | None = knob(
         None,
         "start from these weights, not a random init: a model directory (e.g. from `gptflow import-hf`), a pretrain "
@@ -140,9 +153,17 @@ class PretrainConfig(Section):
     def check(self) -> None:
         if self.strategy.startswith(("fsdp", "deepspeed")) and self.accelerator == "cpu":
             raise FieldError("strategy", f"({self.strategy}) needs a GPU; accelerator is 'cpu'")
+        if self.schedule == "wsd" and self.cooldown() > self.max_steps - self.warmup_steps:
+            raise FieldError("cooldown_steps", f"({self.cooldown()}) leaves no steps between warmup and the cooldown")
+        if self.init_from is not None and self.resume_from is not None:
+            raise FieldError("init_from", "and 'resume_from' both say where training starts: give one")
         bad = next((s for s in self.keep_models if not 1 <= s <= self.max_steps), None)
         if bad is not None:
             raise FieldError("keep_models", f"has step {bad}, outside 1..max_steps ({self.max_steps})")
+
+    def cooldown(self) -> int:
+        """Steps of the wsd schedule's final decay: `cooldown_steps`, unset 20% of `max_steps`."""
+        return self.cooldown_steps if self.cooldown_steps is not None else max(1, self.max_steps // 5)
 
     def accumulation(self, block_size: int, world_size: int = 1) -> int:
         """Micro-batches per optimizer step so a step sees about `tokens_per_step` tokens on all ranks (1: unset)."""

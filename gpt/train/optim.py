@@ -43,3 +43,21 @@ def warmup_linear(warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return fn
+
+
+def warmup_stable_decay(warmup: int, total: int, cooldown: int, min_ratio: float = 0.0):
+    """LR multiplier: linear warmup, then constant, then linear decay to `min_ratio` over the last `cooldown` steps.
+
+    Before its cooldown the schedule does not depend on `total`, so a run stopped at the cooldown's start can be
+    extended to any longer `total` and continue exactly as a run planned that long from the start.
+    """
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        start = total - cooldown
+        if step < start:
+            return 1.0
+        return max(min_ratio, 1 - (1 - min_ratio) * (step - start) / max(1, cooldown))
+
+    return fn

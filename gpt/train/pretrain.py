@@ -32,11 +32,13 @@ from torch.optim import Optimizer
 from gpt.data.windows import ShardDataModule
 from gpt.model.config import ModelConfig
 from gpt.model.transformer import GPT, Block
-from gpt.train.callbacks import NonFiniteLossStop, TokenThroughput
+from gpt.train.callbacks import AtSteps, NonFiniteLossStop, TokenThroughput
 from gpt.train.config import LightningPrecision, PretrainConfig, auto_precision
-from gpt.train.optim import adamw, warmup_cosine, warmup_linear
+from gpt.train.optim import adamw, warmup_cosine, warmup_linear, warmup_stable_decay
 
 LAST_CKPT = "last.ckpt"
+STABLE_CKPT = "stable.ckpt"  # wsd: the state at the cooldown's start (save_stable)
+STABLE_STEP_FILE = "stable.json"
 INITIAL_VAL_FILE = "initial_val.json"
 RNG_KEY = "gptflow_rng"
 
@@ -134,6 +136,8 @@ class LMModule(ExactResumeModule):
         opt = adamw(self.model, c.lr, c.weight_decay, fused=self.clips_fused_optimizer())
         if c.schedule == "linear":
             fn = warmup_linear(c.warmup_steps, c.max_steps)
+        elif c.schedule == "wsd":
+            fn = warmup_stable_decay(c.warmup_steps, c.max_steps, c.cooldown(), c.min_lr_ratio)
         else:
             fn = warmup_cosine(c.warmup_steps, c.max_steps, c.min_lr_ratio)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, fn)
@@ -212,6 +216,13 @@ def copy_weights(source: GPT, target: GPT) -> None:
     target.load_state_dict(state)
 
 
+def save_stable(trainer: L.Trainer, ckpt_dir: Path, step: int) -> None:
+    """`stable.ckpt` (+ its step in `stable.json`): the wsd schedule's last step before its cooldown, from which
+    `pretrain.resume_from` extends the run exactly as if it had been planned longer."""
+    trainer.save_checkpoint(ckpt_dir / STABLE_CKPT)
+    (ckpt_dir / STABLE_STEP_FILE).write_text(json.dumps({"step": step}))
+
+
 def resume_checkpoint(ckpt_dir: Path) -> Path | None:
     """The checkpoint a killed run continues from: `last.ckpt`, else the newest other checkpoint there.
 
@@ -253,6 +264,8 @@ def pretrain(
         NonFiniteLossStop(),
         *(extra_callbacks or []),
     ]
+    if cfg.schedule == "wsd":  # the cooldown's start: where a longer run of the same recipe would still be
+        callbacks.append(AtSteps([cfg.max_steps - cfg.cooldown()], lambda step, t: save_stable(t, ckpt_dir, step)))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
