@@ -183,14 +183,14 @@ def resolve_init_from(cfg: ExperimentConfig, ws: Workspace) -> ExperimentConfig:
     from flows.model_ref import resolve_model_dir
     from tasks.pretrain_job import MODEL_DIR
 
-    p = cfg.pretrain
-    for field in ("init_from", "resume_from"):
-        ref = getattr(p, field)
+    def resolved(ref: str | None, field: str) -> str | None:
         if ref is None or Path(ref).expanduser().exists():
-            continue
+            return ref
         model_dir = resolve_model_dir(ref, ws, key=f"config key 'pretrain.{field}'")
-        resolved = model_dir.parent if field == "resume_from" and model_dir.name == MODEL_DIR else model_dir
-        p = replace(p, **{field: str(resolved)})
+        return str(model_dir.parent if field == "resume_from" and model_dir.name == MODEL_DIR else model_dir)
+
+    p = cfg.pretrain
+    p = replace(p, init_from=resolved(p.init_from, "init_from"), resume_from=resolved(p.resume_from, "resume_from"))
     return replace(cfg, pretrain=p)
 
 
