@@ -101,7 +101,10 @@ def test_metric_names_drop_the_default_filter_and_stderr_strings():
     assert metrics_of(results) == {"lm_eval/storycloze_2016/acc": 0.5, "lm_eval/storycloze_2016/acc_norm": 0.6}
 
 
-def test_unknown_task_and_unreachable_data_name_the_key(tmp_path):
+def test_unknown_task_and_unreachable_data_name_the_key(tmp_path, monkeypatch):
+    import gpt.downstream.harness_tasks as harness_tasks
+
+    monkeypatch.setattr(harness_tasks, "_hub_reachable", lambda dataset, timeout: False)  # as offline, here or in CI
     cfg = load_config(MICRO, ["harness.tasks=[storycloze_2016, not_a_task]"])
     with pytest.raises(ConfigError, match=r"harness.tasks\[1\].*no task 'not_a_task'"):
         check_harness(cfg)
