@@ -243,3 +243,19 @@ def check_unchanged(planned: dict[str, str], now: dict[str, str], what: str) -> 
     changed = sorted(k for k in set(planned) | set(now) if planned.get(k) != now.get(k))
     if changed:
         raise ContentError(f"{what}: {changed[0]} changed since this run was planned; run again")
+
+
+def model_dir_digests(model_dir: Path, digests: DigestCache, key: str) -> dict[str, str]:
+    """sha256 of each file of a model directory a stage starts from, by relative path (its content, not where it
+    is); ContentError naming config key `key` when it is not a model directory."""
+    from gpt.model.config import read_model_config
+
+    try:
+        read_model_config(model_dir)  # a model directory, not any folder: its config.json is a model's
+    except ValueError as e:
+        raise ContentError(f"config key '{key}': {e}") from None
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    return {
+        str(p.relative_to(model_dir)): d
+        for p, d in zip(files, digests.files(files, str(model_dir)).values(), strict=True)
+    }

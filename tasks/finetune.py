@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from gpt.config.experiment import ExperimentConfig
 from gpt.data.sources import MIRROR_SCHEME, resolve_mirror
 from gpt.downstream.config import BuiltinTaskConfig, CustomTaskConfig
-from gpt.model.config import ModelConfig, read_model_config
+from gpt.model.config import ModelConfig
 from gpt.train.config import FinetuneConfig
-from tasks.content import ContentError, DigestCache, check_unchanged
+from tasks.content import DigestCache, check_unchanged, model_dir_digests
 from tasks.definition import STOP_FILE, PlanContext, Planned, StageDef, StageEnv, StageOutput, keyed_when_set, location
 from tasks.placement import device_kind
 from tasks.pretrain_job import CHECKPOINTS_DIR, MODEL_DIR, kept_model_dir
@@ -97,19 +97,6 @@ def task_input(name: str, cfg: ExperimentConfig, digests: DigestCache, splits: t
     return TaskInput(name, tc, files)
 
 
-def init_digests(init_dir: Path, digests: DigestCache) -> dict[str, str]:
-    """sha256 of each file of a model directory fine-tuning starts from."""
-    try:
-        read_model_config(init_dir)  # a model directory, not any folder: its config.json is a model's
-    except ValueError as e:
-        raise ContentError(f"config key 'finetune.init': {e}") from None
-    files = sorted(p for p in init_dir.rglob("*") if p.is_file())
-    return {
-        str(p.relative_to(init_dir)): d
-        for p, d in zip(files, digests.files(files, str(init_dir)).values(), strict=True)
-    }
-
-
 def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCache) -> FinetuneSection:
     """What the variant's `finetune` stage computes from (and its key hashes)."""
     r = replace(recipe(cfg, variant), tasks=[variant.task], seeds=None, per_task={})
@@ -126,7 +113,7 @@ def finetune_section(cfg: ExperimentConfig, variant: Variant, digests: DigestCac
     elif r.init != "pretrained":  # a model directory: keyed by its content, not its path
         init_dir = Path(r.init).expanduser().resolve()
         section.recipe = replace(r, init=MODEL_DIR_INIT)
-        section.init_dir, section.init_files = str(init_dir), init_digests(init_dir, digests)
+        section.init_dir, section.init_files = str(init_dir), model_dir_digests(init_dir, digests, "finetune.init")
     return section
 
 
@@ -189,7 +176,7 @@ def compute(section: FinetuneSection, inputs: dict[str, Path], out: Path, env: S
     cache = env.digest_cache()
     section.task.check_unchanged(cache, env.name)
     if section.init_dir is not None:
-        check_unchanged(section.init_files, init_digests(Path(section.init_dir), cache), env.name)
+        check_unchanged(section.init_files, model_dir_digests(Path(section.init_dir), cache, "finetune.init"), env.name)
     ft = section.recipe
     spec = get_task(section.task.name, section.task.custom())
     enc = load_tokenizer(inputs["tokenizer"])

@@ -45,10 +45,13 @@ def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
         ckpt = resume_point(p)
         section.resume_ckpt, section.resume_files = str(ckpt), resume_digests(ckpt, ctx.digests)
     if p.init_from is not None:  # keyed by the weights' content, not by where they are
-        from tasks.finetune import init_digests
+        from tasks.content import model_dir_digests
 
         init_dir = init_model_dir(p.init_from)
-        section.init_dir, section.init_files = str(init_dir), init_digests(init_dir, ctx.digests)
+        section.init_dir, section.init_files = (
+            str(init_dir),
+            model_dir_digests(init_dir, ctx.digests, "pretrain.init_from"),
+        )
     return [Planned("pretrain", section, ["encode", "tokenizer"])]
 
 

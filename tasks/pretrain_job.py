@@ -187,13 +187,14 @@ def initial_weights(job: PretrainJob, vocab_size: int) -> GPT | None:
     from gpt.data.tokenizer import RANKS_FILE
     from gpt.model.transformer import load_model
     from gpt.train.finetune import extend_vocab
-    from tasks.content import check_unchanged
-    from tasks.finetune import init_digests
+    from tasks.content import check_unchanged, model_dir_digests
 
     if job.section.init_dir is None:
         return None
     init_dir = Path(job.section.init_dir)
-    check_unchanged(job.section.init_files, init_digests(init_dir, job.env.digest_cache()), job.env.name)
+    check_unchanged(
+        job.section.init_files, model_dir_digests(init_dir, job.env.digest_cache(), "pretrain.init_from"), job.env.name
+    )
     ranks = init_dir / RANKS_FILE
     if ranks.is_file() and ranks.read_bytes() != (job.tokenizer_dir / RANKS_FILE).read_bytes():
         raise StageError(
