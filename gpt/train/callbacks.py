@@ -108,13 +108,14 @@ class AtSteps(L.Callback):
     the steps it lost, and with them their actions, which overwrite with the same state.
     """
 
-    def __init__(self, steps: list[int], action: Callable[[int, L.Trainer], None]):
+    def __init__(self, steps: list[int], action: Callable[[int, L.Trainer], None], every_rank: bool = False):
         self.steps = set(steps)
         self.action = action
+        self.every_rank = every_rank  # the action is collective (trainer.save_checkpoint waits for all ranks)
         self.done: set[int] = set()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         step = trainer.global_step
-        if step in self.steps and step not in self.done and trainer.is_global_zero:
+        if step in self.steps and step not in self.done and (self.every_rank or trainer.is_global_zero):
             self.action(step, trainer)
             self.done.add(step)

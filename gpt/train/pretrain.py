@@ -219,8 +219,9 @@ def copy_weights(source: GPT, target: GPT) -> None:
 def save_stable(trainer: L.Trainer, ckpt_dir: Path, step: int) -> None:
     """`stable.ckpt` (+ its step in `stable.json`): the wsd schedule's last step before its cooldown, from which
     `pretrain.resume_from` extends the run exactly as if it had been planned longer."""
-    trainer.save_checkpoint(ckpt_dir / STABLE_CKPT)
-    (ckpt_dir / STABLE_STEP_FILE).write_text(json.dumps({"step": step}))
+    trainer.save_checkpoint(ckpt_dir / STABLE_CKPT)  # every rank calls it; rank 0 writes
+    if trainer.is_global_zero:
+        (ckpt_dir / STABLE_STEP_FILE).write_text(json.dumps({"step": step}))
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -265,7 +266,8 @@ def pretrain(
         *(extra_callbacks or []),
     ]
     if cfg.schedule == "wsd":  # the cooldown's start: where a longer run of the same recipe would still be
-        callbacks.append(AtSteps([cfg.max_steps - cfg.cooldown()], lambda step, t: save_stable(t, ckpt_dir, step)))
+        stable = [cfg.max_steps - cfg.cooldown()]
+        callbacks.append(AtSteps(stable, lambda step, t: save_stable(t, ckpt_dir, step), every_rank=True))
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     trainer = L.Trainer(
