@@ -157,6 +157,8 @@ class PretrainConfig(Section):
             raise FieldError("cooldown_steps", f"({self.cooldown()}) leaves no steps between warmup and the cooldown")
         if self.init_from is not None and self.resume_from is not None:
             raise FieldError("init_from", "and 'resume_from' both say where training starts: give one")
+        if self.keep_models and self.strategy.startswith(("fsdp", "deepspeed")):
+            raise FieldError("keep_models", f"needs whole weights on rank 0: one device or ddp, not {self.strategy}")
         bad = next((s for s in self.keep_models if not 1 <= s <= self.max_steps), None)
         if bad is not None:
             raise FieldError("keep_models", f"has step {bad}, outside 1..max_steps ({self.max_steps})")
