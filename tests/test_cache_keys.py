@@ -44,6 +44,7 @@ NEW_VALUE: dict[str, object] = {
     "notify.on": ["failure", "finish"],
     "corpus.source": "gutenberg",
     "pretrain.keep_models": [10],
+    "pretrain.cooldown_steps": 10,
     "finetune.from_checkpoints": ["10", "last"],
     "harness.tasks": ["storycloze_2016", "lambada_openai"],
     "harness.limit": 10,
@@ -124,6 +125,7 @@ SKIP = {
     "tasks.reviews.test",
     "claims",  # needs an ablation to compare with; tests/test_claims.py checks claims change no stage key
     "pretrain.init_from",  # weights' content is what counts: tests/test_init_from.py moves and edits them
+    "pretrain.resume_from",  # a finished stage; its checkpoint's content is keyed (tests/test_continue_pretraining.py)
     "harness.include_path",  # its files' content is what counts: tests/test_harness.py edits a task YAML
 }
 
