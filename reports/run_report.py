@@ -345,7 +345,9 @@ def _over_pretraining(client: MlflowClient, parent: Run, stages: dict[str, Run],
         steps = {int(a[4:]): m for a, m in arms.items() if a and STEP_ARM.fullmatch(a)}
         if not steps or None not in arms:
             continue
-        metric = next(k for k in arms[None] if k not in ("majority_rate", "examples"))
+        metric = next((k for k in arms[None] if k not in ("majority_rate", "examples")), None)
+        if metric is None:
+            continue
         points = sorted(
             [*((s, m[metric].mean) for s, m in steps.items() if metric in m), (final_step, arms[None][metric].mean)]
         )
