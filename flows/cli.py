@@ -172,10 +172,10 @@ def _load(args: argparse.Namespace, ws: Workspace) -> ExperimentConfig:
         overrides.append(f"experiment={args.experiment}")
     if getattr(args, "seeds", None):
         overrides.append(f"finetune.seeds={args.seeds}")
-    return resolve_init_from(load_config(args.config, overrides), ws)
+    return resolve_weight_refs(load_config(args.config, overrides), ws)
 
 
-def resolve_init_from(cfg: ExperimentConfig, ws: Workspace) -> ExperimentConfig:
+def resolve_weight_refs(cfg: ExperimentConfig, ws: Workspace) -> ExperimentConfig:
     """`pretrain.init_from` (a run id or models:/NAME@ALIAS) as the model directory it names in `ws`, and
     `pretrain.resume_from` (a run id) as its pretrain stage directory."""
     from dataclasses import replace

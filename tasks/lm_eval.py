@@ -48,10 +48,10 @@ def plan_lm_eval(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
         return []
     mirrored = {n: MIRRORED[n].remote.sha256 for n in h.tasks if n in MIRRORED}
     files = include_files(h.include_path, ctx.digests)
-    out = []
+    out, lm_eval_version = [], version("lm_eval")
     # the kept checkpoints fine-tuned from (finetune.from_checkpoints), then the final weights
     for step in sorted(s for s in cfg.finetune.checkpoint_steps() if s is not None) + [None]:
-        section = LmEvalSection(h, version("lm_eval"), files, mirrored, cfg.seed, step, step or cfg.pretrain.max_steps)
+        section = LmEvalSection(h, lm_eval_version, files, mirrored, cfg.seed, step, step or cfg.pretrain.max_steps)
         out.append(Planned("lm_eval" if step is None else f"lm_eval[step{step}]", section, ["pretrain"]))
     return out
 
@@ -81,9 +81,13 @@ def include_files(include_path: str | None, digests: DigestCache) -> dict[str, s
 
     if include_path is None:
         return {}
-    root = Path(include_path).expanduser()
-    paths = sorted({*(p for p in root.rglob("*") if p.is_file()), *local_data_files(root)})
-    return digests.files(paths, f"harness.include_path {root}")
+    root = Path(include_path).expanduser().resolve()
+    paths = sorted({*(p.resolve() for p in root.rglob("*") if p.is_file()), *local_data_files(root)})
+    # by path inside the folder: a copy elsewhere has the same key (a data file outside it is named in a YAML)
+    return {
+        str(p.relative_to(root) if p.is_relative_to(root) else p): d
+        for p, d in zip(paths, digests.files(paths, f"harness.include_path {root}").values(), strict=True)
+    }
 
 
 def metrics_of(results: dict[str, Any]) -> dict[str, float]:

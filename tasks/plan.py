@@ -12,7 +12,7 @@ from tasks.content import DIGESTS_FILE, DigestCache
 from tasks.corpus import local_files, pinned_by_name
 from tasks.definition import PlanContext
 from tasks.lm_eval import check_harness
-from tasks.pretrain import check_init_from
+from tasks.pretrain import check_starting_weights
 from tasks.stage import Stage, StageError, why_stale
 from tasks.stages import DEFINITIONS, STAGE_KINDS, VERSIONS
 from tasks.variants import check_task_inputs
@@ -51,7 +51,7 @@ def check_inputs(cfg: ExperimentConfig) -> None:
         raise ConfigError(str(e)) from None
     check_task_inputs(cfg)
     check_harness(cfg)
-    check_init_from(cfg)
+    check_starting_weights(cfg)
 
 
 # How many tokens local text files can become at most, whatever the tokenizer: a raw byte is at most

@@ -57,6 +57,7 @@ def plan_pretrain(cfg: ExperimentConfig, ctx: PlanContext) -> list[Planned]:
 
 # Architecture fields the initial weights must share with `model:` (dropout is training, vocab the tokenizer's).
 INIT_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "block_size", "norm", "activation")
+GPT2_VOCAB = 50257  # GPT-2's ids, <|endoftext|> included
 GPT1_SPECIALS_ADDED = 3  # start, delim, extract: rows an imported GPT-2-vocabulary model gets at init
 
 
@@ -76,7 +77,7 @@ def init_model_dir(ref: str) -> Path:
     )
 
 
-def check_init_from(cfg: ExperimentConfig) -> None:
+def check_starting_weights(cfg: ExperimentConfig) -> None:
     """Before compute: the weights `pretrain.init_from` or `pretrain.resume_from` start from have `model:`'s
     architecture and the tokenizer's vocabulary, and a run to continue has a checkpoint to continue from."""
     p = cfg.pretrain
@@ -111,9 +112,6 @@ def check_architecture(model_dir: Path, cfg: ExperimentConfig, key: str) -> None
         )
 
 
-GPT2_VOCAB = 50257  # GPT-2's ids, <|endoftext|> included
-
-
 def resume_point(p: PretrainConfig) -> Path:
     """The checkpoint `pretrain.resume_from` continues from: with wsd, the finished run's cooldown start
     (`stable.ckpt`), so the extension is the longer run itself; else its final `last.ckpt`. ConfigError says why
@@ -127,9 +125,10 @@ def resume_point(p: PretrainConfig) -> Path:
     stage = Path(p.resume_from).expanduser().resolve()
     ckpts = stage / CHECKPOINTS_DIR
     manifest = stage / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("kind") != "pretrain":
+    record = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if record.get("kind") != "pretrain":
         raise ConfigError(f"{key}: {p.resume_from} is not a finished pretrain stage directory")
-    done = int(json.loads(manifest.read_text())["summary"]["steps"])
+    done = int(record["summary"]["steps"])
     stable = ckpts / STABLE_STEP_FILE
     if p.schedule == "wsd" and stable.is_file():
         step, ckpt = int(json.loads(stable.read_text())["step"]), ckpts / STABLE_CKPT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -117,8 +118,6 @@ def test_unknown_task_and_unreachable_data_name_the_key(tmp_path, monkeypatch):
 
 
 def test_the_key_holds_the_content_of_include_path_and_its_data_files(tmp_path):
-    from tasks.plan import build_plan
-
     tasks_dir, data = tmp_path / "lm_tasks", tmp_path / "data.jsonl"
     tasks_dir.mkdir()
     data.write_text('{"context": "a", "choices": [" b", " c"], "label": 0}\n')
@@ -127,11 +126,21 @@ def test_the_key_holds_the_content_of_include_path_and_its_data_files(tmp_path):
     cfg = load_config(MICRO, [f"harness.include_path={tasks_dir}", "harness.tasks=[tiny]"])
 
     def digest() -> str:
-        (stage,) = [s for s in build_plan(cfg, tmp_path / "artifacts") if s.name == "lm_eval"]
-        return stage.section_digest()
+        return digest_of(cfg, tmp_path)
 
     first = digest()
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tasks_dir, moved)
+    assert digest_of(load_config(MICRO, [f"harness.include_path={moved}", "harness.tasks=[tiny]"]), tmp_path) == first
     data.write_text('{"context": "a", "choices": [" b", " c"], "label": 1}\n')  # the data file, outside the folder
     second = digest()
     yaml_file.write_text(yaml_file.read_text() + "num_fewshot: 0\n")
     assert len({first, second, digest()}) == 3
+
+
+def digest_of(cfg, tmp_path: Path) -> str:
+    """The section digest of the `lm_eval` stage `cfg` plans."""
+    from tasks.plan import build_plan
+
+    (stage,) = [s for s in build_plan(cfg, tmp_path / "artifacts") if s.name == "lm_eval"]
+    return stage.section_digest()

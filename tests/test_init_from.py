@@ -13,7 +13,7 @@ from gpt.config.loader import load_config
 from gpt.model.config import ModelConfig
 from gpt.model.transformer import GPT, load_model, save_model
 from gpt.train.pretrain import copy_weights
-from tasks.pretrain import check_init_from
+from tasks.pretrain import check_starting_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.yaml"
@@ -29,24 +29,24 @@ def saved_model(tmp_path: Path, vocab_size: int, **changes) -> Path:
 
 
 def test_a_model_of_the_configs_architecture_and_vocabulary_passes(tmp_path):
-    check_init_from(load_config(MICRO, [f"pretrain.init_from={saved_model(tmp_path, 516)}"]))
+    check_starting_weights(load_config(MICRO, [f"pretrain.init_from={saved_model(tmp_path, 516)}"]))
 
 
 def test_another_vocabulary_is_one_line_naming_the_key(tmp_path):
     cfg = load_config(MICRO, [f"pretrain.init_from={saved_model(tmp_path, 1000)}"])
     with pytest.raises(ConfigError, match=r"'pretrain.init_from'.*vocabulary of 1000 tokens.*516"):
-        check_init_from(cfg)
+        check_starting_weights(cfg)
 
 
 def test_another_architecture_names_the_model_key(tmp_path):
     cfg = load_config(MICRO, [f"pretrain.init_from={saved_model(tmp_path, 516, n_layer=3)}"])
     with pytest.raises(ConfigError, match=r"'pretrain.init_from'.*model.n_layer 3.*2"):
-        check_init_from(cfg)
+        check_starting_weights(cfg)
 
 
 def test_a_folder_without_a_model_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"'pretrain.init_from'.*neither a model directory"):
-        check_init_from(load_config(MICRO, [f"pretrain.init_from={tmp_path}"]))
+        check_starting_weights(load_config(MICRO, [f"pretrain.init_from={tmp_path}"]))
 
 
 def test_copied_weights_give_the_same_logits_and_new_token_rows_keep_their_init():
